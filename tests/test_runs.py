@@ -1,0 +1,142 @@
+"""Tests of fatlib.runs: the run store (load_or_train) and records (save, load, verify)."""
+
+import json
+
+import pytest
+import torch
+
+from fatlib import runs
+from fatlib.train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path / "records"))
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(dataset="mnist", model="cnn1", model_kw={"n_filters": 2}, n_train=64, n_eval=32,
+                epochs=2, batch_size=32, augment=False, lr_max=0.05, eps=0.1, eval_pgd_steps=2,
+                method="fgsm", fgsm_init="random", eval_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path):
+    cfg = tiny()
+    first = runs.load_or_train(cfg)
+    assert first.steps_run == 4 and first.path == tmp_path / "runs" / cfg.hash()
+    for name in ("config.json", "history.json", "metrics.json", "checkpoint.pt"):
+        assert (first.path / name).exists()
+    assert TrainConfig.from_dict(json.loads((first.path / "config.json").read_text())) == cfg
+    second = runs.load_or_train(cfg)
+    assert second.steps_run == 0
+    assert second.history == first.history and second.metrics == first.metrics
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(),
+                                                  first.model.state_dict().values()))
+
+
+def test_load_run_of_an_unfinished_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        runs.load_run(tmp_path / "nothing")
+
+
+def test_record_round_trip_with_provenance():
+    run = runs.load_or_train(tiny())
+    rec = runs.save_record(run, "tiny_fgsm_rs", notes="test")
+    assert rec.config == run.config and rec.history == run.history
+    prov = rec.provenance
+    for key in ("fatlib_version", "git_commit", "torch_version", "machine", "date_utc", "wall_time_s",
+                "data_source", "sha256"):
+        assert key in prov
+    assert prov["machine"]["cores"] >= 1 and "MNIST" in prov["data_source"]["train"]
+    model = rec.model()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), run.model.state_dict().values()))
+    assert runs.load_record("tiny_fgsm_rs").metrics == run.metrics
+    with pytest.raises(FileNotFoundError, match="records: \\['tiny_fgsm_rs'\\]"):
+        runs.load_record("nope")
+    with pytest.raises(ValueError, match="record name"):
+        runs.save_record(run, "../escape")
+
+
+def test_verify_record_passes_then_detects_tampering(tmp_path):
+    runs.save_record(runs.load_or_train(tiny()), "r")
+    ok = runs.verify_record("r")
+    assert ok and ok.compared > 20, ok.mismatches
+    folder = tmp_path / "records" / "r"
+    history = json.loads((folder / "history.json").read_text())
+    history[1]["pgd_acc"] += 10.0
+    (folder / "history.json").write_text(json.dumps(history))
+    # a careful forger also updates the checksum: the re-run still catches it
+    prov = json.loads((folder / "provenance.json").read_text())
+    prov["sha256"]["history.json"] = runs._sha256(folder / "history.json")
+    (folder / "provenance.json").write_text(json.dumps(prov))
+    bad = runs.verify_record("r")
+    assert not bad and any("pgd_acc" in m for m in bad.mismatches)
+
+
+def test_verify_record_detects_a_changed_config(tmp_path):
+    runs.save_record(runs.load_or_train(tiny()), "r")
+    folder = tmp_path / "records" / "r"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["lr_max"] = 0.5
+    (folder / "config.json").write_text(json.dumps(cfg))
+    bad = runs.verify_record("r")
+    assert not bad and any("config.json: sha256" in m for m in bad.mismatches)
+    assert any("train_loss" in m or "weight_update" in m for m in bad.mismatches)
+
+
+def test_cli_eval_prints_a_table_for_a_run_folder(capsys):
+    from fatlib.__main__ import main
+
+    run = runs.load_or_train(tiny())
+    assert main(["eval", "--run", str(run.path), "--epsilon", "0.05", "1/10", "--n", "32",
+                 "--pgd-steps", "2", "--restarts", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["eps"] for r in out["rows"]] == [0.05, 0.1]
+    assert out["rows"][1]["pgd"] <= out["rows"][1]["clean"] and "MNIST" in out["source"]
+
+
+def test_cli_delegates_bench_and_book(monkeypatch):
+    import sys
+    import types
+
+    from fatlib.__main__ import main
+
+    seen = []
+    for name in ("bench", "book"):
+        fake = types.ModuleType(f"fatlib.{name}")
+        fake.main = lambda argv, name=name: seen.append((name, argv)) or 0
+        monkeypatch.setitem(sys.modules, f"fatlib.{name}", fake)
+    assert main(["bench", "--quick"]) == 0 and main(["book", "build", "--profile", "smoke"]) == 0
+    assert seen == [("bench", ["--quick"]), ("book", ["build", "--profile", "smoke"])]
+    assert main(["nonsense"]) == 2
+
+
+def test_cli_train_flags_accept_fractions_and_paper_names():
+    from fatlib.__main__ import _add_config_flags, _config_from_args
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    _add_config_flags(parser)
+    args = parser.parse_args(["--epsilon", "8/255", "--attack", "fgsm", "--delta-init", "zero",
+                              "--model", "cnn1", "--n-filters", "4", "--no-augment", "--n-train", "all",
+                              "--rollback-qs", "--lr-drops", "10", "15"])
+    cfg = _config_from_args(args)
+    assert cfg.eps == 8 / 255 and cfg.fgsm_init == "zero" and cfg.model_kw == {"n_filters": 4}
+    assert cfg.augment is False and cfg.n_train is None and cfg.lr_drops == (10.0, 15.0)
+
+
+@pytest.mark.slow
+def test_the_mnist_record_reproduces_its_first_interval(monkeypatch):
+    """The committed wong2020 MNIST FGSM-RS record: re-run its first 100 steps and compare."""
+    monkeypatch.delenv("FATLIB_RECORDS_DIR")
+    name = "wong2020_mnist_fgsm_rs"
+    if not (runs.records_dir() / name / "config.json").exists():
+        pytest.skip(f"record {name} not present")
+    rec = runs.load_record(name)
+    assert rec.metrics["pgd_acc"] >= 85.0 and rec.metrics["n"] == 10000
+    result = runs.verify_record(name)
+    assert result, result.mismatches

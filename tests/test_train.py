@@ -1,0 +1,318 @@
+"""Tests of fatlib.train: config validation, every method, guards, checkpoints, resume, CO."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fatlib import train as T
+from fatlib.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def tiny(**kw) -> TrainConfig:
+    """A config that trains in well under a second: cnn1 with 2 filters on 64 MNIST digits."""
+    base = dict(dataset="mnist", model="cnn1", model_kw={"n_filters": 2}, n_train=64, n_eval=32,
+                epochs=1, batch_size=32, augment=False, lr_max=0.05, eps=0.1, eval_pgd_steps=2,
+                lr_schedule="flat")
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def no_times(history):
+    """History records without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in history]
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_config_json_round_trip_and_hash():
+    cfg = tiny(rollback_qs=[0.5, 0.6], method="zerograd", zg_q=0.35)
+    assert cfg.rollback_qs == (0.5, 0.6)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and again.hash() == cfg.hash() and len(cfg.hash()) == 12
+    assert cfg.replace(seed=1).hash() != cfg.hash()
+    assert json.loads(cfg.to_json())["model_kw"] == {"n_filters": 2}
+    assert hash(cfg) == hash(again)
+
+
+def test_derived_values():
+    assert tiny(method="fgsm").alpha_value == pytest.approx(0.1)
+    assert tiny(method="zerograd").alpha_value == pytest.approx(0.2)
+    assert tiny(method="l2fast", norm="l2", eps=1.0).alpha_value == pytest.approx(1.5)
+    assert tiny(method="pgd", pgd_steps=4).alpha_value == pytest.approx(0.05)
+    free = tiny(method="free", free_m=4, epochs=10)
+    assert (free.replays, free.passes) == (4, 3)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(method="fgsm_rs"), "unknown method"),
+    (dict(model="vgg"), "unknown model"),
+    (dict(dataset="imagenet"), "unknown dataset"),
+    (dict(eps=0.0), "eps must be in"),
+    (dict(eps=8.0), "eps must be in"),
+    (dict(alpha=0.0), "alpha must be > 0"),
+    (dict(alpha=-0.1), "alpha must be > 0"),
+    (dict(method="zerograd", zg_q=1.0), "q must be in"),
+    (dict(method="zerograd", zg_q=-0.1), "q must be in"),
+    (dict(method="zerograd", zg_q=0.4, rollback_qs=(0.3,)), "increasing"),
+    (dict(method="fgsm", rollback_qs=(0.5,)), "rollback_qs is for method 'zerograd'"),
+    (dict(method="free", free_m=0), "free_m must be an integer >= 1"),
+    (dict(pgd_steps=0), "pgd_steps"),
+    (dict(mg_n=0), "mg_n"),
+    (dict(epochs=0), "epochs"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(n_train=0), "n_train"),
+    (dict(fgsm_init="gaussian"), "fgsm_init"),
+    (dict(norm="l1"), "unknown norm"),
+    (dict(fgsm_init="random_unclipped", norm="l2", eps=1.0), "random_unclipped"),
+    (dict(method="l2fast"), "needs norm='l2'"),
+    (dict(method="gradalign", norm="l2"), "norm='linf'"),
+    (dict(optimizer="rmsprop"), "optimizer"),
+    (dict(lr_schedule="cosine"), "lr_schedule"),
+    (dict(lr_max=0.0), "lr_max"),
+    (dict(precision="fp8"), "precision"),
+    (dict(device="tpu"), "device"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(grad_clip=0.0), "grad_clip"),
+    (dict(model_kw={"n_filters": 0}), "n_filters"),
+])
+def test_bad_configs_raise_clear_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**changes)
+
+
+def test_unknown_field_in_json_is_an_error():
+    d = tiny().to_dict() | {"lr": 0.1}
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- methods
+
+METHODS = [
+    dict(method="standard"),
+    dict(method="fgsm", fgsm_init="zero"),
+    dict(method="fgsm", fgsm_init="random", alpha=0.125),
+    dict(method="fgsm", fgsm_init="previous"),
+    dict(method="fgsm", fgsm_init="random_unclipped", alpha=0.125),
+    dict(method="free", free_m=2, epochs=2),
+    dict(method="pgd", pgd_steps=2),
+    dict(method="pgd", pgd_steps=2, pgd_corners=True),
+    dict(method="gradalign", ga_lambda=0.5),
+    dict(method="zerograd", zg_q=0.35),
+    dict(method="multigrad", mg_n=2),
+    dict(method="l2fast", norm="l2", eps=1.0),
+    dict(method="fgsm", precision="bf16", channels_last=True),
+    dict(method="fgsm", optimizer="adam", lr_max=1e-3, grad_clip=0.1),
+    dict(method="fgsm", eps_warmup_epochs=1.0, alpha_warmup_epochs=1.0, lr_schedule="cyclic"),
+]
+
+
+@pytest.mark.parametrize("changes", METHODS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_every_method_trains_and_changes_the_weights(changes):
+    cfg = tiny(**changes)
+    torch.manual_seed(cfg.seed)
+    before = weights(T.models.build(cfg.model, cfg.dataset, **cfg.model_kw))
+    result = train(cfg)
+    after = weights(result.model)
+    assert result.complete and result.steps_run == 2 * cfg.replays * cfg.passes
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    first, last = result.history[0], result.history[-1]
+    assert first["iteration"] == 0 and last["iteration"] == result.steps_run
+    assert 0 <= last["pgd_acc"] <= last["clean_acc"] <= 100
+    assert last["train_loss"] > 0 and last["weight_update_l2"] > 0
+    assert last["delta_linf"] <= cfg.eps + 1e-6 or cfg.norm == "l2"
+    assert result.metrics["steps"] == result.steps_run
+    json.dumps(result.history)  # plain JSON
+
+
+def test_free_replays_each_minibatch_m_times():
+    result = train(tiny(method="free", free_m=3, epochs=3, eval_every=1))
+    assert result.steps_run == 2 * 3  # 2 minibatches x 3 replays, ceil(3 / 3) = 1 pass
+    assert [h["iteration"] for h in result.history] == list(range(7))
+
+
+def test_history_has_the_documented_keys():
+    result = train(tiny(eval_every=1))
+    keys = {"iteration", "epoch", "lr", "eps", "alpha", "train_loss", "train_acc", "clean_acc",
+            "clean_loss", "fgsm_acc", "fgsm_loss", "pgd_acc", "pgd_loss", "grad_alignment",
+            "cos_fgsm_pgd", "weight_update_l2", "weight_update_mse", "probe_delta_mse",
+            "delta_l1", "delta_l2", "delta_linf", "time_attack", "time_update", "time_eval"}
+    assert keys <= set(result.history[-1])
+    assert len(result.history) == 3
+    assert result.history[2]["probe_delta_mse"] >= 0
+
+
+def test_same_seed_same_numbers():
+    a, b = train(tiny(method="fgsm")), train(tiny(method="fgsm"))
+    assert no_times(a.history) == no_times(b.history)
+    assert all(torch.equal(x, y) for x, y in zip(weights(a.model).values(), weights(b.model).values()))
+
+
+# ----------------------------------------------------------------------------- guards
+
+def _scripted_guard(monkeypatch, accuracies):
+    """Make the PGD-5 guard return the given accuracies, one per epoch."""
+    seq = iter(accuracies)
+    monkeypatch.setattr(T._Run, "guard_accuracy", lambda self, x, y: next(seq))
+
+
+def test_early_stop_restores_the_last_good_epoch(monkeypatch):
+    cfg = tiny(epochs=3, early_stop=True)
+    at_epoch_1 = weights(train(cfg.replace(epochs=3), max_steps=2).model)  # same data order
+    _scripted_guard(monkeypatch, [60.0, 10.0, 60.0])
+    result = train(cfg)
+    assert result.complete and result.metrics["stopped_early"]
+    assert [e["event"] for e in result.events] == ["early_stop"]
+    assert result.events[0]["restored_epoch"] == 1
+    assert all(torch.equal(at_epoch_1[k], v) for k, v in weights(result.model).items())
+
+
+def test_rollback_continues_with_the_next_q(monkeypatch):
+    cfg = tiny(method="zerograd", zg_q=0.2, rollback_qs=(0.5,), epochs=3)
+    _scripted_guard(monkeypatch, [60.0, 10.0, 60.0, 60.0])
+    result = train(cfg)
+    assert result.complete and [e["event"] for e in result.events] == ["rollback"]
+    assert result.events[0]["q"] == 0.5 and result.events[0]["restored_epoch"] == 1
+    assert result.steps_run == 2 * 4  # epoch 2 was trained twice
+    assert result.history[-1]["q"] == 0.5 and result.history[-1]["rollbacks"] == 1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    original = T._Run.train_step
+
+    def poisoned(self, x, y):  # from the first step of epoch 2 on, the model outputs nan
+        if self.step == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return original(self, x, y)
+
+    monkeypatch.setattr(T._Run, "train_step", poisoned)
+    with pytest.raises(T.NonFiniteLoss, match=r"iteration 3 .* last good checkpoint \(epoch 1\)"):
+        train(tiny(epochs=3), tmp_path)
+    ckpt = T.load_checkpoint(tmp_path / T.CHECKPOINT)
+    assert ckpt["state"]["passes_done"] == 1 and not ckpt["state"]["complete"]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_loads_weights_only_and_resume_of_a_finished_run_does_nothing(tmp_path):
+    cfg = tiny(epochs=2)
+    first = train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / T.CHECKPOINT, weights_only=True)
+    assert TrainConfig.from_json(ckpt["config"]) == cfg
+    again = train(cfg, tmp_path)
+    assert again.steps_run == 0 and again.complete
+    assert again.history == first.history
+    cfg2, model = T.load_model(tmp_path / T.CHECKPOINT)
+    assert cfg2 == cfg and all(torch.equal(a, b) for a, b in
+                               zip(weights(model).values(), weights(first.model).values()))
+
+
+def test_a_checkpoint_of_another_config_is_a_clear_error(tmp_path):
+    train(tiny(), tmp_path)
+    with pytest.raises(ValueError, match="was written for config"):
+        train(tiny(seed=1), tmp_path)
+
+
+def test_until_epoch_then_resume_equals_one_go(tmp_path):
+    cfg = tiny(epochs=3, method="fgsm", fgsm_init="random")
+    part = train(cfg, tmp_path, until_epoch=1)
+    assert not part.complete and part.steps_run == 2
+    rest = train(cfg, tmp_path)
+    whole = train(cfg)
+    assert rest.steps_run == 4
+    assert all(torch.equal(a, b) for a, b in zip(weights(rest.model).values(), weights(whole.model).values()))
+    assert no_times(rest.history) == no_times(whole.history)
+
+
+def _cli(args, runs_dir, **popen):
+    env = dict(os.environ, FATLIB_RUNS_DIR=str(runs_dir), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "fatlib", "train", "--no-progress", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_same_final_weights(tmp_path):
+    args = ["--dataset", "mnist", "--model", "mnist_net", "--n-train", "800", "--n-eval", "50",
+            "--epochs", "3", "--batch-size", "20", "--method", "fgsm", "--delta-init", "random",
+            "--epsilon", "0.1", "--alpha", "1/8", "--optimizer", "adam", "--lr-max", "1e-3",
+            "--no-augment", "--eval-pgd-steps", "2", "--eval-every", "15"]
+    from fatlib.__main__ import _add_config_flags, _config_from_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    _add_config_flags(parser)
+    run_hash = _config_from_args(parser.parse_args(args)).hash()
+    killed = tmp_path / "killed"
+    proc = _cli(args, killed)
+    folder = killed / run_hash
+    deadline = time.time() + 300
+
+    def last_recorded():
+        try:
+            return json.loads((folder / "history.json").read_text())[-1]["iteration"]
+        except (FileNotFoundError, json.JSONDecodeError, IndexError):
+            return -1
+
+    while last_recorded() <= 40 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # wait until epoch 2 (steps 40-79) has recorded at step 45
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = T.load_checkpoint(folder / T.CHECKPOINT)["state"]
+    assert state["step"] == 40 and not state["complete"], "not killed in the middle of epoch 2"
+    assert last_recorded() > 40 and not (folder / "metrics.json").exists()
+    assert _cli(args, killed).wait() == 0
+    clean = tmp_path / "clean"
+    assert _cli(args, clean).wait() == 0
+    a, b = (T.load_checkpoint(d / run_hash / T.CHECKPOINT) for d in (killed, clean))
+    assert a["state"]["complete"] and b["state"]["complete"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert no_times(a["history"]) == no_times(b["history"])
+    ma, mb = (json.loads((d / run_hash / "metrics.json").read_text()) for d in (killed, clean))
+    assert {k: v for k, v in ma.items() if "time" not in k} == {k: v for k, v in mb.items() if "time" not in k}
+
+
+# ----------------------------------------------------------------------------- catastrophic overfitting
+
+@pytest.mark.slow
+def test_catastrophic_overfitting_fgsm_collapses_fgsm_rs_does_not():
+    """andriushchenko2020 §4 at test scale: the 4-filter single-layer CNN, eps = 14/255, on the
+    first 5,000 CIFAR-10 training images (632 steps). FGSM from zero (alpha = eps) collapses:
+    PGD accuracy to 0, FGSM accuracy above clean accuracy, gradient alignment and
+    cos(delta_FGSM, delta_PGD) falling; FGSM-RS (alpha = 1.25 eps) does not, at the same budget.
+    (Seed 2; at this eps FGSM collapsed for 2 of 3 seeds tried and FGSM-RS for none.)"""
+    eps = 14 / 255
+    base = TrainConfig(dataset="cifar10", model="cnn1", model_kw={"n_filters": 4}, n_train=5000,
+                       n_eval=200, epochs=8, batch_size=64, augment=False, optimizer="adam",
+                       lr_max=0.003, weight_decay=0.0, eps=eps, method="fgsm", seed=2,
+                       eval_every=158, eval_pgd_steps=10)
+    fgsm = train(base.replace(fgsm_init="zero", alpha=eps)).history
+    rs = train(base.replace(fgsm_init="random", alpha=1.25 * eps)).history
+    assert fgsm[0]["grad_alignment"] > 0.85 and rs[0]["grad_alignment"] > 0.85
+    # FGSM: collapse
+    assert fgsm[-1]["pgd_acc"] <= 1.0
+    assert fgsm[-1]["fgsm_acc"] > fgsm[-1]["clean_acc"]
+    assert fgsm[-1]["grad_alignment"] < 0.3 and fgsm[-1]["cos_fgsm_pgd"] < 0.2
+    # FGSM-RS: no collapse
+    assert rs[-1]["pgd_acc"] >= 10.0 and rs[-1]["pgd_acc"] > fgsm[-1]["pgd_acc"] + 8
+    assert rs[-1]["fgsm_acc"] <= rs[-1]["clean_acc"]
+    assert rs[-1]["grad_alignment"] > 0.8 and rs[-1]["cos_fgsm_pgd"] > 0.6
