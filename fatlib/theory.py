@@ -1,0 +1,395 @@
+"""The theory of andriushchenko2020, computed: Lemma 1, Lemma 2, eq. 6, single-layer-CNN analyses.
+
+Lemma 1 bounds the expected l2 norm of the FGSM-RS perturbation (closed form next to a
+Monte-Carlo estimate); Lemma 2 lower-bounds gradient alignment of a single-layer CNN at
+initialisation; eq. 6 is the gradient alignment of a single-filter CNN on non-overlapping
+patches. The remaining functions inspect a trained ``cnn1`` model (``fatlib.models``):
+its filters in pixel space, feature maps, filter and outgoing-weight norms, ReLU sign flips
+and the noise gain under uniform noise, and copies with some filters zeroed (§4, Figs 5-7);
+``collapse_point`` finds catastrophic overfitting in a run's metric history.
+Everything is in pixel units: images in [0, 1], eps and alpha as 8/255.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fatlib.models import Normalize, SingleLayerCNN, build
+from fatlib.threat import ThreatModel
+
+# Discrete Laplace kernels (4- and 8-neighbour), the "edge detector" of andriushchenko2020 Fig. 5.
+LAPLACE_KERNELS = {
+    "4": ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0)),
+    "8": ((1.0, 1.0, 1.0), (1.0, -8.0, 1.0), (1.0, 1.0, 1.0)),
+}
+
+
+# --- Lemma 1: the expected l2 norm of FGSM-RS ---
+
+def _check_alpha_eps(alpha: np.ndarray, eps: float) -> None:
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (pixel units, e.g. 8/255); got {eps}")
+    if np.any(alpha < 0) or np.any(alpha > 2 * eps * (1 + 1e-12)):
+        raise ValueError(f"Lemma 1 holds for 0 <= alpha <= 2 eps; got alpha/eps in "
+                         f"[{alpha.min() / eps:.3g}, {alpha.max() / eps:.3g}]")
+
+
+def lemma1_bound(alpha, eps: float, d: int):
+    """Closed-form upper bound sqrt(E||delta_FGSM-RS||_2^2) on E||delta_FGSM-RS||_2.
+
+    Implements: andriushchenko2020 Lemma 1, eq. 4 (projection onto [0, 1]^d ignored):
+    sqrt(d) * sqrt(-alpha^3 / (6 eps) + alpha^2 / 2 + eps^2 / 3).
+    With d = 1 this is the FGSM step size with the same expected l2 norm (1.25 eps -> 0.89 eps).
+    Args:
+        alpha: FGSM-RS step size(s) in pixel units, 0 <= alpha <= 2 eps (float or array).
+        eps: l-inf radius in pixel units.
+        d: input dimension (3072 for CIFAR-10).
+    Returns:
+        the bound, a float (or an array shaped like alpha), in pixel units.
+    """
+    a = np.asarray(alpha, dtype=np.float64)
+    eps = float(eps)
+    _check_alpha_eps(a, eps)
+    if int(d) < 1:
+        raise ValueError(f"d must be a positive integer (input dimension); got {d}")
+    second_moment = -a ** 3 / (6 * eps) + a ** 2 / 2 + eps ** 2 / 3
+    out = np.sqrt(int(d) * second_moment)
+    return float(out) if out.ndim == 0 else out
+
+
+def lemma1_monte_carlo(alpha, eps: float, d: int, *, n_samples: int = 1000,
+                       generator: torch.Generator | None = None, max_elements: int = 2 ** 22):
+    """Monte-Carlo estimate of E_eta ||delta_FGSM-RS(eta)||_2 with a fixed gradient sign.
+
+    Implements: andriushchenko2020 Fig. 2 (1,000 samples of eta ~ U([-eps, eps]^d));
+    delta = clip(eta + alpha * sign(g), -eps, eps) per coordinate, where by symmetry of eta
+    the fixed sign(g) can be taken as +1.
+    Args:
+        alpha: step size(s) in pixel units, 0 <= alpha <= 2 eps (float or array).
+        eps: l-inf radius in pixel units.
+        d: input dimension.
+        n_samples: number of samples of eta per alpha.
+        generator: optional torch.Generator (torch's global RNG otherwise).
+        max_elements: samples are drawn in chunks of at most this many numbers.
+    Returns:
+        the mean l2 norm, a float (or an array shaped like alpha).
+    """
+    a = np.asarray(alpha, dtype=np.float64)
+    eps, d = float(eps), int(d)
+    _check_alpha_eps(a, eps)
+    if d < 1 or int(n_samples) < 1:
+        raise ValueError(f"d and n_samples must be positive integers; got d={d}, n_samples={n_samples}")
+    chunk = max(1, min(int(n_samples), int(max_elements) // d))
+    out = np.empty(a.shape, dtype=np.float64)
+    for idx, a_i in np.ndenumerate(a):
+        total, left = 0.0, int(n_samples)
+        while left:
+            n = min(chunk, left)
+            eta = (2 * torch.rand(n, d, generator=generator, dtype=torch.float64) - 1) * eps
+            delta = (eta + float(a_i)).clamp(max=eps)
+            total += float(delta.norm(dim=1).sum())
+            left -= n
+        out[idx] = total / n_samples
+    return float(out) if out.ndim == 0 else out
+
+
+# --- Lemma 2: gradient alignment at initialisation ---
+
+def lemma2_bound(eps, *, p: int = 27, n_samples: int = 200_000,
+                 generator: torch.Generator | None = None):
+    """Lower bound on gradient alignment of a single-layer CNN at initialisation.
+
+    Implements: andriushchenko2020 Lemma 2:
+    max{1 - sqrt(2) * E_{w,z}[exp(-<w / ||w||_2, z>^2 / eps^2)]^(1/2), 0.5}, with
+    w ~ N(0, I_p) and z ~ U([0, 1]^p), the expectation estimated by Monte Carlo.
+    Args:
+        eps: l-inf radius(es) in pixel units, > 0 (float or array).
+        p: patch size (3 x 3 x 3 = 27 for CIFAR-10 3x3 filters), >= 2.
+        n_samples: samples of (w, z); the same samples serve every eps.
+        generator: optional torch.Generator (torch's global RNG otherwise).
+    Returns:
+        the bound in [0.5, 1], a float (or an array shaped like eps).
+    """
+    e = np.asarray(eps, dtype=np.float64)
+    if np.any(~(e > 0)):
+        raise ValueError(f"eps must be > 0 (pixel units); got {eps}")
+    if int(p) < 2:
+        raise ValueError(f"Lemma 2 needs patches of size p >= 2; got p={p}")
+    w = torch.randn(int(n_samples), int(p), generator=generator, dtype=torch.float64)
+    z = torch.rand(int(n_samples), int(p), generator=generator, dtype=torch.float64)
+    t2 = ((w / w.norm(dim=1, keepdim=True)) * z).sum(dim=1).square().numpy()
+    out = np.empty(e.shape, dtype=np.float64)
+    for idx, e_i in np.ndenumerate(e):
+        expectation = np.exp(-t2 / e_i ** 2).mean()
+        out[idx] = max(1 - math.sqrt(2) * math.sqrt(expectation), 0.5)
+    return float(out) if out.ndim == 0 else out
+
+
+def lemma2_model(n_filters: int, dataset: str = "cifar10", *, sigma_w: float | None = None,
+                 sigma_u: float | None = None, generator: torch.Generator | None = None) -> nn.Module:
+    """A ``cnn1`` model initialised as Lemma 2 assumes: Gaussian weights, zero biases, no normalisation.
+
+    Implements: andriushchenko2020 Lemma 2 set-up (w ~ N(0, s_w^2 I), u ~ N(0, s_u^2 I), b = 0)
+    on fatlib's single-layer CNN (3x3 filters, stride 1, so its patches overlap, unlike the
+    lemma's). The Normalize layer is replaced by the identity (mean 0, std 1), so patches are
+    pixel values in [0, 1] as in the lemma.
+    Args:
+        n_filters: number of filters m.
+        dataset: a fatlib.data dataset name (shapes only).
+        sigma_w, sigma_u: standard deviations; default He (sqrt(2 / fan_in)).
+        generator: optional torch.Generator.
+    Returns:
+        nn.Sequential(normalize=identity Normalize, net=SingleLayerCNN), in eval mode.
+    """
+    model = build("cnn1", dataset, n_filters=n_filters)
+    channels = model.normalize.mean.shape[1]
+    model.normalize = Normalize((0.0,) * channels, (1.0,) * channels)
+    conv, linear = model.net.conv, model.net.linear
+    s_w = math.sqrt(2.0 / conv.weight[0].numel()) if sigma_w is None else float(sigma_w)
+    s_u = math.sqrt(2.0 / linear.in_features) if sigma_u is None else float(sigma_u)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * s_w)
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * s_u)
+        conv.bias.zero_()
+        linear.bias.zero_()
+    return model.eval()
+
+
+# --- eq. 6: a single filter on non-overlapping patches ---
+
+def image_patches(x: torch.Tensor, patch: int = 3) -> torch.Tensor:
+    """Non-overlapping patches z_j(x) of an image batch.
+
+    Implements: andriushchenko2020 §4 (Z in R^{p x k}, x = vec(Z)).
+    Args:
+        x: images, [B, C, H, W] with H and W divisible by patch.
+        patch: patch side length.
+    Returns:
+        patches [B, k, p], k = (H / patch) * (W / patch), p = C * patch^2.
+    """
+    if x.dim() != 4 or x.shape[2] % patch or x.shape[3] % patch:
+        raise ValueError(f"image_patches needs [B, C, H, W] with H and W divisible by patch={patch}; "
+                         f"got shape {list(x.shape)}")
+    return F.unfold(x, kernel_size=patch, stride=patch).transpose(1, 2)
+
+
+def single_filter_cnn(x: torch.Tensor, w: torch.Tensor, b: float, u: torch.Tensor,
+                      patch: int = 3) -> torch.Tensor:
+    """Output f(x) = sum_j u_j max(<w, z_j(x)> + b, 0) of a single-filter CNN.
+
+    Implements: andriushchenko2020 §4 model with m = 1 filter on non-overlapping patches.
+    Args:
+        x: images in [0, 1], [B, C, H, W].
+        w: filter, [p] (or [C, patch, patch]).
+        b: bias.
+        u: output weights, [k].
+        patch: patch side length.
+    Returns:
+        f(x), [B].
+    """
+    z = image_patches(x, patch)
+    return (F.relu(z @ w.reshape(-1) + b) * u).sum(dim=1)
+
+
+def eq6_cosine(w: torch.Tensor, b: float, u: torch.Tensor, z: torch.Tensor,
+               eta: torch.Tensor) -> torch.Tensor:
+    """cos(grad_x f(x), grad_x f(x + eta)) of a single-filter CNN from its activation patterns.
+
+    Implements: andriushchenko2020 eq. 6:
+    sum_i u_i^2 a_i a'_i / sqrt(sum_i u_i^2 a_i * sum_i u_i^2 a'_i), a_i = 1[<w, z_i> + b >= 0],
+    a'_i = 1[<w, z_i + eta_i> + b >= 0]. Equals the cosine of loss gradients when the loss
+    derivative has the same sign at both points (e.g. the logistic loss).
+    Args:
+        w: filter, [p].
+        b: bias.
+        u: output weights, [k].
+        z: patches of x, [B, k, p] (``image_patches``).
+        eta: patches of the perturbation, [B, k, p].
+    Returns:
+        [B] cosines; nan where a gradient is zero (no active unit).
+    """
+    w = w.reshape(-1)
+    active = (z @ w + b >= 0).to(u.dtype)
+    active_noisy = ((z + eta) @ w + b >= 0).to(u.dtype)
+    u2 = u.square()
+    num = (u2 * active * active_noisy).sum(dim=1)
+    return num / ((u2 * active).sum(dim=1) * (u2 * active_noisy).sum(dim=1)).sqrt()
+
+
+# --- analyses of a trained single-layer CNN (cnn1) ---
+
+def _cnn1_parts(model: nn.Module):
+    """(Normalize or None, conv, linear) of a cnn1 model, bare or inside nn.Sequential(normalize, net)."""
+    if isinstance(model, SingleLayerCNN):
+        return None, model.conv, model.linear
+    net = getattr(model, "net", None)
+    if isinstance(net, SingleLayerCNN):
+        return getattr(model, "normalize", None), net.conv, net.linear
+    raise ValueError(f"expected a cnn1 model (fatlib.models.build('cnn1', ...)); got {type(model).__name__}")
+
+
+def pixel_filters(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The filters and biases of a cnn1 model acting on pixels in [0, 1] (Normalize folded in).
+
+    Implements: andriushchenko2020 Fig. 5 (the learned filters). With Normalize((x - m) / s)
+    first, the filter seen by pixels is w / s and the bias b - <w / s, m> (exact away from
+    the zero-padded border).
+    Args:
+        model: a cnn1 model.
+    Returns:
+        (weights [m, C, 3, 3], biases [m]), detached fp32.
+    """
+    normalize, conv, _ = _cnn1_parts(model)
+    w = conv.weight.detach().float()
+    b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0])
+    if normalize is None:
+        return w.clone(), b.clone()
+    w = w / normalize.std.float()
+    return w, b - (w * normalize.mean.float()).sum(dim=(1, 2, 3))
+
+
+def preactivations(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Feature maps x * w_i + b_i of a cnn1 model before the ReLU.
+
+    Implements: andriushchenko2020 Fig. 7.
+    Args:
+        model: a cnn1 model.
+        x: images in [0, 1], [B, C, H, W].
+    Returns:
+        [B, m, H, W], detached.
+    """
+    normalize, conv, _ = _cnn1_parts(model)
+    with torch.no_grad():
+        return conv(normalize(x) if normalize is not None else x)
+
+
+def filter_norms(model: nn.Module) -> dict:
+    """l2 norms of each filter (in pixel space) and of its outgoing linear weights.
+
+    Implements: andriushchenko2020 Fig. 6 (||w_i||_2 and ||u_i||_2 over training).
+    Args:
+        model: a cnn1 model.
+    Returns:
+        dict filter=[m], outgoing=[m] float tensors.
+    """
+    _, conv, linear = _cnn1_parts(model)
+    w, _ = pixel_filters(model)
+    m = conv.out_channels
+    outgoing = linear.weight.detach().float().reshape(linear.out_features, m, -1)
+    return {"filter": w.flatten(1).norm(dim=1), "outgoing": outgoing.norm(dim=(0, 2))}
+
+
+def zero_filters(model: nn.Module, indices, *, bias: bool = False) -> nn.Module:
+    """A copy of a cnn1 model with the given filters set to zero.
+
+    Implements: andriushchenko2020 §4 ("if we set w4 to zero, ... gradient alignment
+    increases from 0.08 to 0.71"). With bias=False the filter's output is the constant
+    relu(b_i), which adds nothing to input gradients.
+    Args:
+        model: a cnn1 model (left unchanged).
+        indices: filter indices to zero (int or iterable of ints).
+        bias: also zero the biases of those filters.
+    Returns:
+        the modified deep copy.
+    """
+    idx = [int(indices)] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices]
+    out = copy.deepcopy(model)
+    _, conv, _ = _cnn1_parts(out)
+    if any(not 0 <= i < conv.out_channels for i in idx):
+        raise ValueError(f"filter indices must be in [0, {conv.out_channels}); got {idx}")
+    with torch.no_grad():
+        conv.weight[idx] = 0
+        if bias and conv.bias is not None:
+            conv.bias[idx] = 0
+    return out
+
+
+def activation_flips(model: nn.Module, x: torch.Tensor, eps: float, *,
+                     generator: torch.Generator | None = None) -> dict:
+    """Per-filter ReLU activity at x and at x + eta, and the fraction that flips.
+
+    Implements: andriushchenko2020 §4 discussion of eq. 6 (the Laplace filter's units are
+    mostly off at x, but about half turn on at x + eta). eta ~ U([-eps, eps]^d), clipped so
+    that x + eta is in [0, 1] (``ThreatModel.random_init``).
+    Args:
+        model: a cnn1 model.
+        x: images in [0, 1], [B, C, H, W].
+        eps: l-inf radius in pixel units.
+        generator: optional torch.Generator for eta.
+    Returns:
+        dict active=[m], active_noisy=[m], flipped=[m] fractions of (image, position) pairs.
+    """
+    eta = ThreatModel("linf", eps).random_init(x, generator=generator)
+    a = preactivations(model, x) >= 0
+    a_noisy = preactivations(model, x + eta) >= 0
+    dims = (0, 2, 3)
+    return {"active": a.float().mean(dim=dims), "active_noisy": a_noisy.float().mean(dim=dims),
+            "flipped": (a != a_noisy).float().mean(dim=dims)}
+
+
+def noise_gain(model: nn.Module, x: torch.Tensor, eps: float, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per filter, how strongly uniform noise moves the feature map compared with the images.
+
+    Implements: the noise amplification of andriushchenko2020 Fig. 7 as a number:
+    std((x + eta) * w_i - x * w_i) / std(x * w_i) over images and positions, with
+    eta ~ U([-eps, eps]^d) clipped to the image box. A smooth filter has a small gain; a
+    high-frequency (Laplace-like) filter a large one.
+    Args:
+        model: a cnn1 model.
+        x: images in [0, 1], [B, C, H, W].
+        eps: l-inf radius in pixel units.
+        generator: optional torch.Generator for eta.
+    Returns:
+        [m] ratios.
+    """
+    eta = ThreatModel("linf", eps).random_init(x, generator=generator)
+    clean = preactivations(model, x)
+    change = preactivations(model, x + eta) - clean
+    dims = (0, 2, 3)
+    return change.std(dim=dims) / clean.std(dim=dims).clamp_min(1e-30)
+
+
+def collapse_point(history: list, *, gap: float = 20.0) -> dict | None:
+    """The first history record after which FGSM accuracy exceeds PGD accuracy by `gap` points.
+
+    Implements: the signature of catastrophic overfitting in andriushchenko2020 §4 / Fig. 4
+    (PGD accuracy collapses while FGSM accuracy jumps: FGSM no longer solves the inner problem).
+    Args:
+        history: a run's metric history (fatlib.train records with 'fgsm_acc', 'pgd_acc' in %).
+        gap: percentage points of FGSM minus PGD accuracy that count as a collapse.
+    Returns:
+        that record (a dict), or None if the run never collapsed.
+    """
+    for record in history:
+        fgsm_acc, pgd_acc = record.get("fgsm_acc"), record.get("pgd_acc")
+        if fgsm_acc is not None and pgd_acc is not None and fgsm_acc - pgd_acc >= gap:
+            return record
+    return None
+
+
+def laplace_cosine(filters: torch.Tensor, kernel: str = "8") -> torch.Tensor:
+    """Cosine between each filter and a discrete Laplace kernel repeated over channels.
+
+    Implements: a measure of "a variant of the Laplace filter" (andriushchenko2020 Fig. 5);
+    +1 or -1 for an exact (negated) Laplace filter, near 0 for a smooth filter.
+    Args:
+        filters: [m, C, k, k] with k = 3 (e.g. ``pixel_filters(model)[0]``).
+        kernel: '4' or '8' (neighbourhood of the Laplacian).
+    Returns:
+        [m] signed cosines.
+    """
+    if kernel not in LAPLACE_KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(LAPLACE_KERNELS)}; got {kernel!r}")
+    if filters.dim() != 4 or tuple(filters.shape[2:]) != (3, 3):
+        raise ValueError(f"filters must be [m, C, 3, 3]; got {list(filters.shape)}")
+    lap = torch.tensor(LAPLACE_KERNELS[kernel], dtype=filters.dtype).expand(filters.shape[1:])
+    flat = filters.flatten(1)
+    lap = lap.reshape(1, -1)
+    return (flat * lap).sum(dim=1) / (flat.norm(dim=1) * lap.norm()).clamp_min(1e-30)

@@ -1,0 +1,118 @@
+"""The book's notebooks: committed without outputs, the parameters pattern, the toc, and
+every notebook runs under ``pytest --nbval-lax`` in the smoke profile.
+
+The nbval run is the same as
+    FATLIB_PROFILE=smoke .venv/bin/python -m pytest --nbval-lax book/ -p no:cacheprovider
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fatlib import book
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p for p in (ROOT / "book").rglob("*.ipynb")
+                   if ".ipynb_checkpoints" not in p.parts)
+PAGES = sorted(p for p in (ROOT / "book").rglob("*") if p.suffix in (".md", ".ipynb")
+               and ".ipynb_checkpoints" not in p.parts and "_assets" not in p.parts)
+PARAMETERS_LINE = 'profile = os.environ.get("FATLIB_PROFILE", "quick")'
+# what a notebook must not contain: core logic belongs in fatlib (STYLE.md, item 7)
+FORBIDDEN = [r"\.backward\(", r"torch\.autograd\.grad", r"torch\.optim\.", r"optimizer\.step\(",
+             r"\.zero_grad\(", r"F\.cross_entropy", r"nn\.functional\.cross_entropy"]
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _code(path):
+    return ["".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code"]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks under book/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_have_no_outputs(path):
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (f"{path.relative_to(ROOT)} has outputs in cells {dirty}: clear them "
+                       "(jupyter nbconvert --clear-output --inplace) before committing")
+    assert "widgets" not in nb["metadata"], f"{path.name} carries saved widget state"
+    assert "papermill" not in nb["metadata"], f"{path.name} is an executed copy"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_pattern(path):
+    cells = _cells(path)
+    code = [c for c in cells if c["cell_type"] == "code"]
+    first = code[0]
+    assert "parameters" in first["metadata"].get("tags", []), "first code cell not tagged"
+    assert PARAMETERS_LINE in "".join(first["source"])
+    rest = "\n".join(_code(path)[1:])
+    assert "PROFILES = {" in rest and "resolve_profile(PROFILES, profile, overrides=locals())" in rest
+    for name in book.PROFILES:
+        assert f'"{name}": dict(' in rest, f"PROFILES lacks {name!r}"
+    assert "run_card(" in rest, "every chapter shows a run card"
+    params = book.notebook_parameters(path)
+    assert "profile" in params
+    assert not any("hide" in t or "remove" in t for c in cells
+                   for t in c["metadata"].get("tags", [])), "cells must not be hidden"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_core_logic_in_notebooks(path):
+    for source in _code(path):
+        for pattern in FORBIDDEN:
+            assert not re.search(pattern, source, re.M), (
+                f"{path.name}: '{pattern}' in a code cell; attacks, losses and training "
+                "loops belong in fatlib")
+
+
+def test_toc_lists_every_page_and_only_existing_ones():
+    listed = {p.resolve() for p in book.toc_files(ROOT)}
+    missing = [p.relative_to(ROOT).with_suffix("").as_posix() for p in PAGES
+               if p.resolve() not in listed]
+    assert not missing, ("pages under book/ missing from _toc.yml; add under their part:\n"
+                         + "\n".join(f"      - file: {m}" for m in missing))
+
+
+def test_find_chapter_and_unknown_parameters():
+    assert book.find_chapter("threat_models") == ROOT / "book/opening/threat_models.ipynb"
+    assert book.find_chapter("opening/threat_models").name == "threat_models.ipynb"
+    with pytest.raises(ValueError, match="is not a chapter"):
+        book.find_chapter("nope")
+    with pytest.raises(ValueError, match="has no parameter"):
+        book.run_chapter("how_to_use", {"n_imagez": 3}, profile="smoke")
+    assert book.main(["run", "how_to_use", "-p", "n_imagez", "3"]) == 1
+
+
+@pytest.mark.slow
+def test_run_chapter_injects_and_shows_overrides(tmp_path):
+    out = tmp_path / "run.ipynb"
+    rc = book.main(["run", "how_to_use", "-p", "profile", "smoke", "-p", "n_images", "3",
+                    "-o", str(out)])
+    assert rc == 0
+    cells = _cells(out)
+    injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and 'profile = "smoke"' in "".join(injected[0]["source"])
+    assert "n_images = 3" in "".join(injected[0]["source"])
+    text = json.dumps([c.get("outputs", []) for c in cells])
+    assert "n_images=3 (profile: 2)" in text
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_under_nbval_in_the_smoke_profile():
+    env = {**os.environ, "FATLIB_PROFILE": "smoke"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "book",
+                           "-p", "no:cacheprovider", "-q"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -1,0 +1,205 @@
+"""Tests of fatlib.theory (andriushchenko2020 Lemma 1, Lemma 2, eq. 6, cnn1 analyses). Seconds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fatlib import theory
+from fatlib.attacks import fgsm
+from fatlib.models import build
+from fatlib.threat import ThreatModel
+
+EPS = 8 / 255
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- Lemma 1 ---
+
+def test_lemma1_bound_range_and_endpoints():
+    d = 3072
+    alphas = np.linspace(0, 2 * EPS, 41)
+    bound = theory.lemma1_bound(alphas, EPS, d)
+    assert bound.shape == alphas.shape
+    assert np.all(np.diff(bound) >= -1e-15)  # non-decreasing in alpha
+    assert math.isclose(bound[0], math.sqrt(d / 3) * EPS, rel_tol=1e-12)
+    assert math.isclose(bound[-1], math.sqrt(d) * EPS, rel_tol=1e-12)  # = ||delta_FGSM||_2
+    assert np.all(bound <= math.sqrt(d) * EPS * (1 + 1e-12))
+
+
+def test_lemma1_fgsm_equivalent_step_is_7_over_255():
+    # §3: FGSM-RS with alpha = 1.25 eps (eps = 8/255) ~ FGSM with alpha ~ 7/255
+    assert abs(theory.lemma1_bound(1.25 * EPS, EPS, 1) * 255 - 7.1) < 0.05
+
+
+def test_lemma1_monte_carlo_below_bound_and_tight_in_high_dimension():
+    g = torch.Generator().manual_seed(0)
+    alphas = np.array([0.0, 0.5, 1.0, 1.25, 1.5, 2.0]) * EPS
+    for d, tol in ((100, 0.01), (3072, 0.002)):
+        mc = theory.lemma1_monte_carlo(alphas, EPS, d, n_samples=300, generator=g)
+        bound = theory.lemma1_bound(alphas, EPS, d)
+        assert np.all(mc <= bound * 1.002)               # Jensen, up to Monte-Carlo noise
+        assert np.all(mc >= bound * (1 - tol))           # tight for large d
+    # in d = 1 the gap is large at alpha = 0: E|eta| = eps/2 vs sqrt(E eta^2) = eps/sqrt(3)
+    mc1 = theory.lemma1_monte_carlo(0.0, EPS, 1, n_samples=20000, generator=g)
+    assert abs(mc1 / EPS - 0.5) < 0.01
+
+
+def test_lemma1_monte_carlo_matches_fatlib_fgsm_rs_on_a_linear_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x = torch.full((256, 3, 8, 8), 0.5)  # far from the box: the projection onto [0, 1] is inactive
+    y = torch.randint(0, 10, (256,))
+    alpha = 1.25 * EPS
+    delta = fgsm(model, x, y, ThreatModel("linf", EPS), alpha=alpha, init="random")
+    ours = float(delta.flatten(1).norm(dim=1).mean())
+    mc = theory.lemma1_monte_carlo(alpha, EPS, 192, n_samples=2000,
+                                   generator=torch.Generator().manual_seed(1))
+    assert abs(ours - mc) / mc < 0.01
+
+
+def test_lemma1_rejects_alpha_outside_range():
+    with pytest.raises(ValueError, match="alpha"):
+        theory.lemma1_bound(2.5 * EPS, EPS, 10)
+    with pytest.raises(ValueError, match="eps"):
+        theory.lemma1_monte_carlo(0.01, 0.0, 10)
+
+
+# --- Lemma 2 ---
+
+def test_lemma2_bound_is_monotone_in_eps_and_within_half_and_one():
+    eps = np.array([0.25, 1, 4, 8, 16, 64, 255]) / 255
+    bound = theory.lemma2_bound(eps, n_samples=20000, generator=torch.Generator().manual_seed(0))
+    assert np.all((bound >= 0.5) & (bound <= 1))
+    assert np.all(np.diff(bound) <= 1e-12)
+    assert bound[0] > 0.9 and bound[-1] == 0.5
+    assert 0.68 < bound[3] < 0.77   # eps = 8/255, p = 27: about 0.72
+
+
+def test_lemma2_model_matches_assumptions_and_is_aligned_at_small_eps():
+    from fatlib.metrics import gradient_alignment
+
+    g = torch.Generator().manual_seed(0)
+    model = theory.lemma2_model(8, "cifar10", generator=g)
+    assert float(model.net.conv.bias.detach().abs().max()) == 0
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    assert torch.equal(model.normalize(x), x)
+    y = torch.randint(0, 10, (8,), generator=g)
+    torch.manual_seed(0)
+    assert gradient_alignment(model, x, y, 0.1 / 255) > 0.99
+
+
+# --- eq. 6 ---
+
+def test_eq6_cosine_equals_autograd_for_a_single_filter():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 12, 12, generator=g, dtype=torch.float64)
+    eta = (2 * torch.rand(x.shape, generator=g, dtype=torch.float64) - 1) * 0.3
+    k, p = 16, 27
+    w = torch.randn(p, generator=g, dtype=torch.float64)
+    u = torch.randn(k, generator=g, dtype=torch.float64)
+    b = -0.5 * float(w.sum())  # about half the units active
+
+    def grad_logistic(inp):  # loss log(1 + exp(-f)) for label +1: l' < 0 everywhere
+        inp = inp.clone().requires_grad_(True)
+        loss = nn.functional.softplus(-theory.single_filter_cnn(inp, w, b, u)).sum()
+        return torch.autograd.grad(loss, inp)[0].flatten(1)
+
+    g1, g2 = grad_logistic(x), grad_logistic(x + eta)
+    autograd_cos = (g1 * g2).sum(1) / (g1.norm(dim=1) * g2.norm(dim=1))
+    eq6 = theory.eq6_cosine(w, b, u, theory.image_patches(x), theory.image_patches(eta))
+    assert eq6.shape == (16,)
+    assert torch.allclose(eq6, autograd_cos, atol=1e-10)
+    assert float(eq6.min()) < 0.99   # the noise flips some units: a non-trivial check
+
+
+def test_image_patches_are_non_overlapping():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    z = theory.image_patches(x, 3)
+    assert z.shape == (2, 4, 27)
+    assert torch.equal(z.flatten(1).sort().values, x.flatten(1).sort().values)
+    with pytest.raises(ValueError, match="divisible"):
+        theory.image_patches(torch.zeros(1, 3, 7, 7), 3)
+
+
+# --- cnn1 analyses ---
+
+@pytest.fixture()
+def cnn1():
+    torch.manual_seed(0)
+    return build("cnn1", "cifar10", n_filters=4).eval()
+
+
+def test_pixel_filters_reproduce_the_models_feature_maps(cnn1):
+    x = torch.rand(3, 3, 32, 32)
+    w, b = theory.pixel_filters(cnn1)
+    direct = nn.functional.conv2d(x, w, b, padding=1)
+    maps = theory.preactivations(cnn1, x)
+    assert maps.shape == (3, 4, 32, 32)
+    # exact away from the zero-padded border (padding is zeros in normalised space)
+    assert torch.allclose(direct[..., 1:-1, 1:-1], maps[..., 1:-1, 1:-1], atol=1e-5)
+
+
+def test_filter_norms_and_zero_filters(cnn1):
+    norms = theory.filter_norms(cnn1)
+    assert norms["filter"].shape == (4,) and norms["outgoing"].shape == (4,)
+    assert torch.allclose(norms["outgoing"].square().sum(), cnn1.net.linear.weight.square().sum())
+    before = cnn1.net.conv.weight.clone()
+    zeroed = theory.zero_filters(cnn1, 2)
+    assert torch.equal(cnn1.net.conv.weight, before)               # original untouched
+    assert float(theory.filter_norms(zeroed)["filter"][2]) == 0
+    x = torch.rand(2, 3, 32, 32)
+    maps = theory.preactivations(zeroed, x)
+    assert torch.allclose(maps[:, 2], cnn1.net.conv.bias[2].expand(2, 32, 32))
+    with pytest.raises(ValueError, match="filter indices"):
+        theory.zero_filters(cnn1, [4])
+
+
+def test_activation_flips_vanish_for_tiny_noise_and_are_fractions(cnn1):
+    x = torch.rand(4, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    tiny = theory.activation_flips(cnn1, x, 1e-6, generator=g)
+    big = theory.activation_flips(cnn1, x, 64 / 255, generator=g)
+    assert float(tiny["flipped"].max()) < 1e-3
+    assert float(big["flipped"].sum()) > float(tiny["flipped"].sum())
+    for v in big.values():
+        assert v.shape == (4,) and float(v.min()) >= 0 and float(v.max()) <= 1
+
+
+def test_laplace_cosine():
+    lap = torch.tensor(theory.LAPLACE_KERNELS["8"]).expand(3, 3, 3)
+    smooth = torch.ones(3, 3, 3)
+    cos = theory.laplace_cosine(torch.stack([lap, -lap, smooth]), "8")
+    assert torch.allclose(cos, torch.tensor([1.0, -1.0, 0.0]), atol=1e-6)
+    with pytest.raises(ValueError):
+        theory.laplace_cosine(torch.zeros(2, 3, 5, 5))
+
+
+def test_collapse_point():
+    history = [{"epoch": 1, "fgsm_acc": 20.0, "pgd_acc": 18.0},
+               {"epoch": 2, "fgsm_acc": 30.0, "pgd_acc": 15.0},
+               {"epoch": 3, "fgsm_acc": 60.0, "pgd_acc": 1.0},
+               {"epoch": 4, "fgsm_acc": 80.0, "pgd_acc": 0.0}]
+    assert theory.collapse_point(history)["epoch"] == 3
+    assert theory.collapse_point(history, gap=10)["epoch"] == 2
+    assert theory.collapse_point(history[:2]) is None
+    assert theory.collapse_point([{"epoch": 0}]) is None
+
+
+def test_noise_gain_is_larger_for_a_high_frequency_filter(cnn1):
+    x = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32), 5, 1, 2)  # smooth images
+    with torch.no_grad():
+        cnn1.net.conv.weight[0] = 1.0                                        # smooth filter
+        cnn1.net.conv.weight[1] = torch.tensor(theory.LAPLACE_KERNELS["8"])  # Laplace filter
+    gain = theory.noise_gain(cnn1, x, 8 / 255, generator=torch.Generator().manual_seed(0))
+    assert gain.shape == (4,)
+    assert float(gain[1]) > 3 * float(gain[0])
