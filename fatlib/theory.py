@@ -197,6 +197,22 @@ def single_filter_cnn(x: torch.Tensor, w: torch.Tensor, b: float, u: torch.Tenso
     return (F.relu(z @ w.reshape(-1) + b) * u).sum(dim=1)
 
 
+def single_filter_input_gradient(x: torch.Tensor, w: torch.Tensor, b: float, u: torch.Tensor,
+                                 patch: int = 3) -> torch.Tensor:
+    """Input gradient of the logistic loss softplus(-f(x)) of a single-filter CNN (autograd).
+
+    Implements: the gradient whose cosine andriushchenko2020 eq. 6 gives in closed form.
+    Args:
+        x: images in [0, 1], [B, C, H, W].
+        w, b, u, patch: the single-filter CNN of ``single_filter_cnn``.
+    Returns:
+        grad_x, flattened, [B, C*H*W].
+    """
+    x = x.detach().clone().requires_grad_(True)
+    loss = F.softplus(-single_filter_cnn(x, w, b, u, patch)).sum()
+    return torch.autograd.grad(loss, x)[0].flatten(1)
+
+
 def eq6_cosine(w: torch.Tensor, b: float, u: torch.Tensor, z: torch.Tensor,
                eta: torch.Tensor) -> torch.Tensor:
     """cos(grad_x f(x), grad_x f(x + eta)) of a single-filter CNN from its activation patterns.
