@@ -305,8 +305,6 @@ def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_sto
         grad, logits = input_gradient(model, xr, yr, dr,
                                       loss_fn=_ce_of_correct if early_stop else None)
         moved = threat.project(threat.step(dr, grad, alpha), xr)
-        if corners:
-            moved = _to_corners(moved, xr, threat)
         if early_stop:
             keep = logits.argmax(1) == yr
             if not bool(keep.all()):
@@ -315,6 +313,10 @@ def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_sto
         delta = moved if whole else delta.index_copy(0, rows, moved)
         if rows.numel() == 0:
             break
+    if corners:  # only the attack's result goes to the corners (andriushchenko2020 §3)
+        delta = _to_corners(delta, x, threat)
+        rows = torch.arange(n, device=x.device)  # every row moved: score them all again
+        wrong.zero_()
     if not final:
         return delta, None, None
     if rows.numel() > 0:
@@ -333,8 +335,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     """Projected gradient ascent with restarts; the per-example worst case is returned.
 
     Implements: wong2020 Alg. 1 (PGD-K with random start, R restarts, evaluation as in
-    their code); andriushchenko2020 section 3 (corners=True: after each step every entry is
-    moved to +-eps by its sign, then clipped to the box).
+    their code); andriushchenko2020 section 3 (corners=True: the final perturbation of each
+    restart is moved to +-eps entry by entry by its sign, then clipped to the box; the
+    iterates themselves are ordinary PGD iterates, as in the authors' code).
     Worst case over restarts: the first restart whose final delta is misclassified; for
     examples never misclassified, the restart with the highest final loss.
     early_stop=True (evaluation): an example misclassified at its current delta stops moving
@@ -353,7 +356,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         steps: iterations K >= 1 per restart.
         restarts: R >= 1 random restarts.
         random_start: start each restart uniformly in the ball (else from delta = 0).
-        corners: project each iterate to the corners {-eps, eps}^d (l-inf only).
+        corners: project each restart's final perturbation to the corners {-eps, eps}^d
+            (l-inf only).
         early_stop: see above.
     Returns:
         delta, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].

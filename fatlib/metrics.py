@@ -41,12 +41,14 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Args:
         a, b: [B, ...] tensors of the same shape (e.g. delta_FGSM and delta_PGD).
     Returns:
-        [B] cosines in fp32; 0 where either vector is zero.
+        [B] cosines in fp32 (float64 when either input is float64); 0 where either vector
+        is zero.
     """
     if a.shape != b.shape:
         raise ValueError(f"cosine needs tensors of the same shape, got {list(a.shape)} and "
                          f"{list(b.shape)}")
-    a, b = a.float().flatten(1), b.float().flatten(1)
+    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    a, b = a.to(dtype).flatten(1), b.to(dtype).flatten(1)
     denom = a.norm(dim=1) * b.norm(dim=1)
     return torch.where(denom > 0, (a * b).sum(dim=1) / denom.clamp_min(1e-30),
                        torch.zeros_like(denom))

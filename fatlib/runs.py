@@ -133,6 +133,28 @@ def load_or_train(config: TrainConfig, *, progress: bool = False, **train_kw) ->
     return Run(config, result.model, result.history, result.metrics, path, result.steps_run)
 
 
+def record_or_run(config: TrainConfig, record: str, *, use_record: bool = True,
+                  **train_kw) -> tuple["Run | Record", str]:
+    """The record `record` if it holds exactly `config`, else the run of `config`.
+
+    The book's pages use it to show a kept run when their parameters are the record's and
+    to train (or load from the run cache) otherwise, so that a changed parameter is never
+    answered with a record made for other settings.
+    Args:
+        config: the TrainConfig wanted.
+        record: the name of the record under records_dir() that may hold it.
+        use_record: False: never take the record (always load_or_train).
+        train_kw: passed to load_or_train.
+    Returns:
+        (Record or Run, source): source is "record <name>" or "this execution (run <hash>)".
+    """
+    if use_record and (records_dir() / record / "config.json").exists():
+        rec = load_record(record)
+        if rec.config == config:
+            return rec, f"record {record}"
+    return load_or_train(config, **train_kw), f"this execution (run {config.hash()})"
+
+
 # ----------------------------------------------------------------------------- records
 
 def _git_commit() -> str | None:

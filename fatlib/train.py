@@ -52,6 +52,10 @@ METHODS = ("standard", "fgsm", "free", "pgd", "gradalign", "zerograd", "multigra
 FGSM_INITS = ("zero", "random", "previous", "random_unclipped")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EARLY_STOP_RULES = ("drop", "best")
+# Fields added after the first records: left out of the hashed JSON while at these defaults,
+# so that the run folders of older configs keep their names.
+LATE_FIELD_DEFAULTS = {"early_stop_rule": "drop"}
 CHECKPOINT = "checkpoint.pt"
 # alpha / eps when alpha is None: the attacks' own defaults (fatlib.attacks) for each method.
 DEFAULT_ALPHA_RATIO = {"standard": 1.0, "fgsm": 1.0, "free": 1.0, "pgd": 1.0, "gradalign": 1.0,
@@ -119,7 +123,10 @@ class TrainConfig:
     eval_pgd_steps: int = 10
     eval_pgd_restarts: int = 1
     eval_pgd_alpha: float | None = None   # None: eps / 4
-    early_stop: bool = False              # wong2020 App. B: PGD-5 on a training minibatch
+    early_stop: bool = False              # guard with PGD-5 on a training minibatch each epoch:
+    early_stop_rule: str = "drop"         # 'drop': wong2020 App. B, stop (and restore the last
+                                          # epoch) at a 20-point drop; 'best': andriushchenko2020's
+                                          # code, train on, keep the epoch with the best guard acc
     # final evaluation (metrics.json); final_n_eval 0: use the last history record
     final_n_eval: int = 0
     final_pgd_steps: int = 50
@@ -142,8 +149,10 @@ class TrainConfig:
         return d
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces): the text that is hashed."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON (sorted keys, no spaces) without LATE_FIELD_DEFAULTS: the text hashed."""
+        d = {k: v for k, v in self.to_dict().items()
+             if not (k in LATE_FIELD_DEFAULTS and v == LATE_FIELD_DEFAULTS[k])}
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """Short sha256 (12 hex digits) of the canonical JSON; names the run folder."""
@@ -248,6 +257,8 @@ def _validate(c: TrainConfig) -> None:
             bad(f"{name} must be >= 0; got {getattr(c, name)}")
     if c.grad_clip_mode not in ("norm", "value"):
         bad(f"grad_clip_mode must be 'norm' or 'value'; got {c.grad_clip_mode!r}")
+    if c.early_stop_rule not in EARLY_STOP_RULES:
+        bad(f"early_stop_rule must be one of {EARLY_STOP_RULES}; got {c.early_stop_rule!r}")
     if c.precision not in PRECISIONS:
         bad(f"precision must be one of {PRECISIONS}; got {c.precision!r}")
     if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
@@ -552,6 +563,8 @@ class _Run:
         self.prev_probe = None
         self.prev_probe_acc = None      # guard: PGD-5 accuracy at the last good epoch
         self.stopped_early = False
+        self.best_guard = None          # 'best' rule: {"acc", "epoch"} of the kept weights
+        self.best_model = None          # ... and those weights (CPU)
         self.complete = False
         self.metrics = None
         self.dirty = True               # model changed since the last history record
@@ -700,7 +713,11 @@ class _Run:
 
     def _test_metrics(self) -> dict:
         """Clean / FGSM / PGD accuracy (percent) and loss, gradient alignment and
-        cos(delta_FGSM, delta_PGD) on the fixed test subset, in eval mode and fp32."""
+        cos(delta_FGSM, delta_PGD) on the fixed test subset, in eval mode and fp32.
+
+        pgd_loss comes from the evaluation PGD, which stops moving an example once it is
+        misclassified: a lower bound on plain PGD's loss. pgd_fgsm_loss_ratio (andriushchenko2020
+        Fig. 4) uses plain PGD, every example moving every step, on the first 256 examples."""
         if self.eval_x is None:
             return {}
         cfg, model = self.cfg, self.model
@@ -728,8 +745,12 @@ class _Run:
                                 early_stop=False)
             d_fgsm = attacks.fgsm(model, x, y, threat, alpha=cfg.eps, init="zero")
             cos = metrics.cosine(d_fgsm, d_pgd).mean().item()
+            with torch.no_grad():
+                ratio = (F.cross_entropy(model(x + d_pgd).float(), y)
+                         / F.cross_entropy(model(x + d_fgsm).float(), y)).item()
             ga = metrics.gradient_alignment(model, x_all, y_all, cfg.eps) if cfg.norm == "linf" else None
-        return {k: v / n for k, v in sums.items()} | {"grad_alignment": ga, "cos_fgsm_pgd": cos}
+        return {k: v / n for k, v in sums.items()} | {"grad_alignment": ga, "cos_fgsm_pgd": cos,
+                                                      "pgd_fgsm_loss_ratio": ratio}
 
     def _weight_update(self) -> dict:
         now = self._weights()
@@ -760,13 +781,29 @@ class _Run:
                 acc = (model(x + delta).argmax(1) == y).float().mean() * 100
         return self.dist.from_main(acc.to(self.device)).item()
 
+    def keep_if_best(self, acc: float) -> None:
+        """'best' rule: remember the weights if the guard accuracy is the best so far."""
+        if self.best_guard is None or acc > self.best_guard["acc"]:
+            self.best_guard = {"acc": acc, "epoch": self.passes_done, "iteration": self.step}
+            self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def restore_best(self) -> None:
+        """'best' rule, end of training: load the kept weights and note it in the events."""
+        if self.best_model is None or any(e.get("event") == "best_kept" for e in self.events):
+            return
+        models.load_weights(self.model, self.best_model, what="best guard checkpoint")
+        self.events.append({"event": "best_kept", "epoch": self.best_guard["epoch"],
+                            "iteration": self.best_guard["iteration"], "guard_pgd_acc": self.best_guard["acc"],
+                            "last_epoch": self.passes_done})
+
     # --- checkpoint state
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: a dict of tensors and JSON strings."""
         c = self.cfg
         state = {"step": self.step, "passes_done": self.passes_done, "q_index": self.q_index,
                  "times": self.times, "prev_probe_acc": self.prev_probe_acc,
-                 "stopped_early": self.stopped_early, "complete": self.complete,
+                 "stopped_early": self.stopped_early, "best_guard": self.best_guard,
+                 "complete": self.complete,
                  "metrics": self.metrics, "dirty": self.dirty, "train_source": self.source,
                  "total_steps": self.total}
         ckpt = {"config": c.to_json(), "model": self.model.state_dict(),
@@ -779,6 +816,8 @@ class _Run:
         for name, t in (("attack_delta", self.attack.delta), ("prev_probe", self.prev_probe)):
             if t is not None:
                 ckpt[name] = t.detach().cpu().clone()
+        if self.best_model is not None:
+            ckpt["best_model"] = self.best_model
         return ckpt
 
     def load_state_dict(self, ckpt: dict, *, keep_records: bool = False) -> None:
@@ -796,6 +835,7 @@ class _Run:
         self.step, self.passes_done, self.q_index = st["step"], st["passes_done"], st["q_index"]
         self.prev_probe_acc, self.stopped_early = st["prev_probe_acc"], st["stopped_early"]
         self.complete, self.metrics = st["complete"], st["metrics"]
+        self.best_guard, self.best_model = st.get("best_guard"), ckpt.get("best_model")
         self.sums = ckpt["sums"].clone()
         self.prev_weights = {k: v.clone() for k, v in ckpt["prev_weights"].items()}
         delta = ckpt.get("attack_delta")
@@ -904,6 +944,11 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False, until_ep
                 save()
             continue
         acc = run.guard_accuracy(run._to_device(first[0]), first[1].to(dev))
+        if cfg.early_stop and cfg.early_stop_rule == "best":
+            run.keep_if_best(acc)
+            if run.passes_done < cfg.passes:
+                save()
+            continue
         prev = run.prev_probe_acc
         if prev is None or acc >= prev - COLLAPSE_DROP:
             run.prev_probe_acc = acc
@@ -934,6 +979,7 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False, until_ep
         if run.dirty:
             run.record()
         run.complete = True
+        run.restore_best()
         run.model.eval()
         if dist.main:
             run.metrics = (final_evaluation(run.model, cfg, device=dev, progress=progress)

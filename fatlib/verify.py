@@ -273,7 +273,6 @@ class _Program:
     """The MILP constraints shared by every wrong class of one point (variables and rows)."""
 
     def __init__(self, layers, bounds, lo, hi):
-        n_vars = [lo.size]
         var_lo, var_hi, integrality = [lo], [hi], [np.zeros(lo.size)]
         rows, rlo, rhi = [], [], []
         offset_prev, size_prev = 0, lo.size
@@ -294,7 +293,7 @@ class _Program:
             b = layer.bias
 
             def block(w_prev, coeff_a, coeff_s, idx, k=k, n=n, offset=offset,
-                      offset_prev=offset_prev, size_prev=size_prev, width=width):
+                      offset_prev=offset_prev, size_prev=size_prev):
                 """Rows [w_prev | coeff_a on a[idx] | coeff_s on s] placed at the right columns."""
                 m = len(idx)
                 left = sp.csr_matrix((m, offset_prev))
@@ -327,7 +326,6 @@ class _Program:
             # inactive (stable off): a = 0 through its bounds [0, max(u, 0)] = [0, 0]
             offset_prev, size_prev = offset, n
             offset = width
-            n_vars.append(total_new)
         self.n = offset
         self.last_offset, self.last_size = offset_prev, size_prev
         self.rows = [self._pad(r) for r in rows]

@@ -16,14 +16,6 @@ EPS = 0.1
 THREAT = ThreatModel("linf", EPS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mnist():
     """TinyConvNet trained on the first 2,000 MNIST training images; the first 500 test images."""

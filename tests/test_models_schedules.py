@@ -11,8 +11,7 @@ from fatlib.data import DATASETS
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
 
 

@@ -13,9 +13,6 @@ from PIL import Image
 from fatlib import book, data, plots, widgets
 from fatlib.threat import ThreatModel
 
-torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def mnist():
     images, labels, source = data.load_with_source("mnist", "test", 8)

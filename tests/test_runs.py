@@ -11,7 +11,6 @@ from fatlib.train import TrainConfig
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path / "records"))
 
@@ -58,6 +57,19 @@ def test_record_round_trip_with_provenance():
         runs.load_record("nope")
     with pytest.raises(ValueError, match="record name"):
         runs.save_record(run, "../escape")
+
+
+def test_record_or_run_takes_the_record_only_for_its_exact_config():
+    cfg = tiny()
+    runs.save_record(runs.load_or_train(cfg), "kept")
+    rec, source = runs.record_or_run(cfg, "kept")
+    assert isinstance(rec, runs.Record) and source == "record kept"
+    other, source = runs.record_or_run(cfg.replace(seed=1), "kept")
+    assert isinstance(other, runs.Run) and source.startswith("this execution") and other.steps_run == 4
+    _, source = runs.record_or_run(cfg, "kept", use_record=False)
+    assert source.startswith("this execution")
+    _, source = runs.record_or_run(cfg, "missing")
+    assert source.startswith("this execution")
 
 
 def test_verify_record_passes_then_detects_tampering(tmp_path):

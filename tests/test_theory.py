@@ -15,14 +15,6 @@ from fatlib.threat import ThreatModel
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- Lemma 1 ---
 
 def test_lemma1_bound_range_and_endpoints():

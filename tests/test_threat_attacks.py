@@ -15,14 +15,6 @@ LINF = ThreatModel("linf", 0.1)
 L2 = ThreatModel("l2", 1.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mnist_model():
     """A TinyConvNet (with BatchNorm) trained on 2,000 MNIST images, and 64 test images."""
@@ -294,6 +286,22 @@ def test_pgd_corners_puts_every_entry_on_a_corner():
     assert torch.allclose(delta.abs(), torch.full_like(delta, 0.05))
     with pytest.raises(ValueError):
         attacks.pgd(model, x, y, L2, alpha=0.1, steps=3, corners=True)
+
+
+def test_pgd_corners_projects_only_the_final_perturbation():
+    """andriushchenko2020 §3: the iterates are plain PGD iterates; only the result goes to a corner."""
+    model = TinyMLP().eval()
+    x, y = interior()
+    threat = ThreatModel("linf", 0.05)
+    torch.manual_seed(3)
+    plain = attacks.pgd(model, x, y, threat, alpha=0.01, steps=4, early_stop=False)
+    torch.manual_seed(3)
+    corners = attacks.pgd(model, x, y, threat, alpha=0.01, steps=4, corners=True, early_stop=False)
+    assert torch.equal(corners, threat.project(threat.eps * plain.sign(), x))
+    # a per-iterate projection could never leave the starting corner with a step of eps / 5
+    torch.manual_seed(3)
+    start = threat.project(threat.eps * threat.random_init(x).sign(), x)
+    assert not torch.equal(corners, start)
 
 
 # --- fast (early-stopping) PGD == the full computation ----------------------------------------

@@ -18,11 +18,6 @@ from fatlib.train import TrainConfig, train
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
 def tiny(**kw) -> TrainConfig:
     """A config that trains in well under a second: cnn1 with 2 filters on 64 MNIST digits."""
     base = dict(dataset="mnist", model="cnn1", model_kw={"n_filters": 2}, n_train=64, n_eval=32,
@@ -153,7 +148,7 @@ def test_history_has_the_documented_keys():
     result = train(tiny(eval_every=1))
     keys = {"iteration", "epoch", "lr", "eps", "alpha", "train_loss", "train_acc", "clean_acc",
             "clean_loss", "fgsm_acc", "fgsm_loss", "pgd_acc", "pgd_loss", "grad_alignment",
-            "cos_fgsm_pgd", "weight_update_l2", "weight_update_mse", "probe_delta_mse",
+            "cos_fgsm_pgd", "pgd_fgsm_loss_ratio", "weight_update_l2", "weight_update_mse", "probe_delta_mse",
             "delta_l1", "delta_l2", "delta_linf", "time_attack", "time_update", "time_eval"}
     assert keys <= set(result.history[-1])
     assert len(result.history) == 3
@@ -183,6 +178,27 @@ def test_early_stop_restores_the_last_good_epoch(monkeypatch):
     assert [e["event"] for e in result.events] == ["early_stop"]
     assert result.events[0]["restored_epoch"] == 1
     assert all(torch.equal(at_epoch_1[k], v) for k, v in weights(result.model).items())
+
+
+def test_best_rule_trains_to_the_end_and_keeps_the_best_guard_epoch(monkeypatch, tmp_path):
+    cfg = tiny(epochs=3, early_stop=True, early_stop_rule="best")
+    at_epoch_2 = weights(train(cfg, max_steps=4).model)  # same data order
+    _scripted_guard(monkeypatch, [40.0, 60.0, 10.0])
+    part = train(cfg, tmp_path, until_epoch=2)  # the kept weights survive a checkpoint
+    result = train(cfg, tmp_path)
+    assert result.complete and not result.metrics["stopped_early"] and part.steps_run + result.steps_run == 6
+    assert [e["event"] for e in result.events] == ["best_kept"]
+    assert result.events[0]["epoch"] == 2 and result.events[0]["guard_pgd_acc"] == 60.0
+    assert all(torch.equal(at_epoch_2[k], v) for k, v in weights(result.model).items())
+
+
+def test_a_late_field_at_its_default_leaves_the_hash_unchanged():
+    cfg = tiny()
+    assert "early_stop_rule" not in json.loads(cfg.to_json())
+    assert TrainConfig.from_dict(cfg.to_dict()).hash() == cfg.hash()
+    assert cfg.replace(early_stop_rule="best").hash() != cfg.hash()
+    with pytest.raises(ValueError, match="early_stop_rule"):
+        tiny(early_stop_rule="sometimes")
 
 
 def test_rollback_continues_with_the_next_q(monkeypatch):
