@@ -133,6 +133,21 @@ def load_or_train(config: TrainConfig, *, progress: bool = False, **train_kw) ->
     return Run(config, result.model, result.history, result.metrics, path, result.steps_run)
 
 
+def configs_dir() -> Path:
+    """<repo>/data/configs: the configs of records that are long to make (one JSON per name)."""
+    return REPO / "data" / "configs"
+
+
+def recipe(name: str) -> TrainConfig:
+    """The TrainConfig kept as data/configs/<name>.json (make its record with
+    ``python -m fatlib train --config data/configs/<name>.json --record <name>``)."""
+    path = configs_dir() / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in configs_dir().glob("*.json"))
+        raise FileNotFoundError(f"no config {name!r} in {configs_dir()}; configs: {known}")
+    return TrainConfig.from_json(path.read_text())
+
+
 def record_or_run(config: TrainConfig, record: str, *, use_record: bool = True,
                   **train_kw) -> tuple["Run | Record", str]:
     """The record `record` if it holds exactly `config`, else the run of `config`.

@@ -72,6 +72,15 @@ def test_record_or_run_takes_the_record_only_for_its_exact_config():
     assert source.startswith("this execution")
 
 
+def test_kept_configs_load_and_a_missing_one_is_a_clear_error():
+    for path in runs.configs_dir().glob("*.json"):
+        kept = json.loads(path.read_text())
+        as_loaded = runs.recipe(path.stem).to_dict()
+        assert {k: as_loaded[k] for k in kept} == kept  # every kept field survives validation
+    with pytest.raises(FileNotFoundError, match="configs:"):
+        runs.recipe("nope")
+
+
 def test_verify_record_passes_then_detects_tampering(tmp_path):
     runs.save_record(runs.load_or_train(tiny()), "r")
     ok = runs.verify_record("r")
