@@ -4,10 +4,12 @@
 
 1. Training-step costs for PreAct ResNet-18 on CIFAR-shaped data: an FGSM-RS step
    (input-only gradient attack + a parameter update on x + delta) over a standard step,
-   both in bf16 autocast + channels_last (target <= 1.8); a GradAlign step (FGSM +
-   GradAlign, double backprop) over an FGSM-RS step, in NCHW and in channels_last
-   (target <= 3), reusing FGSM's gradient at x, and once (NCHW) recomputing it as the
-   authors' code does; and the bf16 + channels_last speed-up over fp32 NCHW (target >= 2.5).
+   both in the training precision 'auto' resolves to (bf16 autocast on a CPU with native
+   bf16, else fp32) + channels_last (target <= 1.8); a GradAlign step (FGSM + GradAlign,
+   double backprop) over an FGSM-RS step, in NCHW and in channels_last (target <= 3),
+   reusing FGSM's gradient at x, and once (NCHW) recomputing it as the authors' code does;
+   and the bf16 + channels_last speed-up over fp32 NCHW (target >= 2.5; on a CPU without
+   native bf16 only the channels_last speed-up is left to measure).
 2. Evaluation cost of early-stopping ("fast") PGD-K-R over plain PGD-K-R at several
    robust fractions (target: grows with the robust fraction, <= 1.05 when all robust).
 
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fatlib import attacks, regularizers
+from fatlib import attacks, regularizers, train
 from fatlib.threat import ThreatModel
 
 EPS = 8 / 255
@@ -88,7 +90,7 @@ def _build(name: str, seed: int) -> nn.Module:
 
 # --- 1. training steps ------------------------------------------------------------------------
 
-def _trainer(model: nn.Module, x, y, *, bf16: bool, channels_last: bool) -> dict:
+def _trainer(model: nn.Module, x, y, *, precision: str, channels_last: bool) -> dict:
     """Step closures (standard, FGSM-RS, GradAlign) on a private copy of the model."""
     model = copy.deepcopy(model).train()
     if channels_last:
@@ -98,7 +100,7 @@ def _trainer(model: nn.Module, x, y, *, bf16: bool, channels_last: bool) -> dict
     threat = ThreatModel("linf", EPS)
 
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+        return train.autocast(torch.device("cpu"), precision)
 
     def update(loss):
         opt.zero_grad(set_to_none=True)
@@ -136,29 +138,35 @@ def bench_steps(args, out=print) -> dict:
     """Time the training steps; returns the ratios."""
     model = _build(args.model, args.seed)
     x, y = _cifar_batch(args.batch_size, args.seed)
-    cl = _trainer(model, x, y, bf16=True, channels_last=True)
-    nchw = _trainer(model, x, y, bf16=True, channels_last=False)
-    fns = {"standard bf16 CL": cl["standard"], "FGSM-RS bf16 CL": cl["fgsm_rs"],
-           "GradAlign bf16 CL": cl["grad_align"], "FGSM-RS bf16 NCHW": nchw["fgsm_rs"],
-           "GradAlign bf16 NCHW": nchw["grad_align"],
-           "GradAlign* bf16 NCHW": nchw["grad_align_recompute"]}
+    p = train.resolve_precision("auto", torch.device("cpu"))
+    cl = _trainer(model, x, y, precision=p, channels_last=True)
+    nchw = _trainer(model, x, y, precision=p, channels_last=False)
+    fns = {f"standard {p} CL": cl["standard"], f"FGSM-RS {p} CL": cl["fgsm_rs"],
+           f"GradAlign {p} CL": cl["grad_align"], f"FGSM-RS {p} NCHW": nchw["fgsm_rs"],
+           f"GradAlign {p} NCHW": nchw["grad_align"],
+           f"GradAlign* {p} NCHW": nchw["grad_align_recompute"]}
     if not args.no_fp32:
-        fns["standard fp32 NCHW"] = _trainer(model, x, y, bf16=False, channels_last=False)["standard"]
+        fns["standard fp32 NCHW"] = _trainer(model, x, y, precision="fp32",
+                                             channels_last=False)["standard"]
     out(f"\n[1] training steps: {args.model}, batch {args.batch_size}, "
         f"{args.warmup} warm-up + {args.rounds} timed rounds (median)")
+    if p == "fp32":
+        out("  this CPU has no native bf16 (emulated bf16 is many times slower than fp32): "
+            "the mixed-precision rows run in fp32")
     t = _round_robin(fns, args.warmup, args.rounds)
     for name, sec in t.items():
         out(f"  {name:<22} {1000 * sec:9.1f} ms")
     ratios = {
-        "fgsm_rs/standard (bf16 CL)": (t["FGSM-RS bf16 CL"] / t["standard bf16 CL"], "<= 1.8"),
-        "grad_align/fgsm_rs (bf16 NCHW)": (t["GradAlign bf16 NCHW"] / t["FGSM-RS bf16 NCHW"], "<= 3"),
-        "grad_align/fgsm_rs (bf16 CL)": (t["GradAlign bf16 CL"] / t["FGSM-RS bf16 CL"], "<= 3"),
-        "grad_align*/fgsm_rs (bf16 NCHW)": (t["GradAlign* bf16 NCHW"] / t["FGSM-RS bf16 NCHW"],
+        f"fgsm_rs/standard ({p} CL)": (t[f"FGSM-RS {p} CL"] / t[f"standard {p} CL"], "<= 1.8"),
+        f"grad_align/fgsm_rs ({p} NCHW)": (t[f"GradAlign {p} NCHW"] / t[f"FGSM-RS {p} NCHW"],
+                                           "<= 3"),
+        f"grad_align/fgsm_rs ({p} CL)": (t[f"GradAlign {p} CL"] / t[f"FGSM-RS {p} CL"], "<= 3"),
+        f"grad_align*/fgsm_rs ({p} NCHW)": (t[f"GradAlign* {p} NCHW"] / t[f"FGSM-RS {p} NCHW"],
                                             "<= 3"),
     }
     if "standard fp32 NCHW" in t:
-        ratios["fp32 NCHW/bf16 CL standard"] = (t["standard fp32 NCHW"] / t["standard bf16 CL"],
-                                                ">= 2.5")
+        ratios[f"fp32 NCHW/{p} CL standard"] = (t["standard fp32 NCHW"] / t[f"standard {p} CL"],
+                                                ">= 2.5" if p == "bf16" else "channels_last only")
     out("  GradAlign = FGSM + GradAlign reusing FGSM's gradient at x (fgsm_and_gradient);")
     out("  GradAlign* = the same recomputing it (the authors' code)")
     out("  ratios (target):")

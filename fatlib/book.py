@@ -179,6 +179,7 @@ def run_card(params: Params, *, data=(), sizes: dict | None = None, device=None,
     import torch
 
     import fatlib
+    from fatlib.train import resolve_precision
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -189,7 +190,9 @@ def run_card(params: Params, *, data=(), sizes: dict | None = None, device=None,
                                      for k, (v, d) in over.items()) or "none")]
     rows += [("data", s) for s in data]
     rows += [(f"size: {k}", _fmt(v)) for k, v in (sizes or {}).items()]
-    rows += [("device", f"{torch.device(device)}, {torch.get_num_threads()} CPU threads"),
+    auto = resolve_precision("auto", torch.device(device))
+    rows += [("device", f"{torch.device(device)}, {torch.get_num_threads()} CPU threads; "
+                        f"precision 'auto' trains in {auto} here"),
              ("versions", f"fatlib {fatlib.__version__} ({_git_describe()}), "
                           f"torch {torch.__version__}, python {sys.version.split()[0]}")]
     if notes:

@@ -28,7 +28,7 @@ from torch import nn
 
 import fatlib
 from fatlib import models
-from fatlib.train import CHECKPOINT, TrainConfig, load_model, train
+from fatlib.train import CHECKPOINT, TrainConfig, load_model, native_bf16_cpu, train
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_FILES = ("config.json", "history.json", "metrics.json")
@@ -196,6 +196,7 @@ def machine() -> dict:
     except OSError:
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "native_bf16": native_bf16_cpu(),
            "platform": platform.platform(), "python": platform.python_version()}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
@@ -294,6 +295,12 @@ class Verification:
         return self.ok
 
 
+# Statistics of sign(gradient) perturbations: a near-zero gradient coordinate flips sign under
+# another CPU's rounding (thread count, vector width), which moves them by about 1e-2 after a
+# hundred steps while losses still agree to 1e-3.
+SIGN_SENSITIVE = ("cos_fgsm_pgd", "grad_alignment")
+
+
 def _close(a, b, key: str) -> bool:
     if a is None or b is None:
         return a is b
@@ -302,7 +309,12 @@ def _close(a, b, key: str) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
-        tol = 0.51 if key.endswith("_acc") else 1e-3 * max(1.0, abs(a), abs(b))
+        if key.endswith("_acc"):
+            tol = 0.51
+        elif key in SIGN_SENSITIVE:
+            tol = 0.02
+        else:
+            tol = 1e-3 * max(1.0, abs(a), abs(b))
         return abs(a - b) <= tol
     return a == b
 
@@ -311,8 +323,9 @@ def verify_record(name: str, *, root=None, device: str = "cpu") -> Verification:
     """Re-run the first evaluation interval of a record's config and compare with its history.
 
     Also checks the sha256 of the record's JSON files against its provenance. Accuracies
-    must agree within half a percentage point, other numbers within a relative 1e-3
-    (identical on the machine that made the record); timings are not compared.
+    must agree within half a percentage point, the sign-sensitive statistics
+    (``SIGN_SENSITIVE``) within 0.02, other numbers within a relative 1e-3 (all identical
+    on the machine that made the record); timings are not compared.
     Returns:
         Verification(name, ok, mismatches, compared) (truthy when ok).
     """

@@ -51,7 +51,7 @@ from fatlib.threat import NORMS, ThreatModel
 METHODS = ("standard", "fgsm", "free", "pgd", "gradalign", "zerograd", "multigrad", "l2fast")
 FGSM_INITS = ("zero", "random", "previous", "random_unclipped")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EARLY_STOP_RULES = ("drop", "best")
 # Fields added after the first records: left out of the hashed JSON while at these defaults,
 # so that the run folders of older configs keep their names.
@@ -448,7 +448,39 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-def _autocast(device: torch.device, precision: str):
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 or AMX in oneDNN); emulated bf16 is slow.
+
+    On a CPU without it (e.g. AVX2 only) a bf16-autocast training step is many times slower
+    than fp32, so ``precision='auto'`` trains in fp32 there.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run computes in: 'auto' becomes the fast one this device supports.
+
+    Args:
+        precision: 'fp32', 'bf16', 'fp16' or 'auto'.
+        device: the training device.
+
+    Returns:
+        'auto' -> 'bf16' on a CPU with native bf16 (else 'fp32'), 'bf16' on a CUDA GPU that
+        supports it (else 'fp16' with a GradScaler); any other value unchanged.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16_cpu() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a training precision ('auto' resolved for ``device``)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -541,7 +573,8 @@ class _Run:
             ids = [device.index] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = self._optimizer()
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.precision = resolve_precision(cfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.method = make_method(cfg)
         self.images, self.labels, self.source = data.load_with_source(cfg.dataset, "train", n=cfg.n_train)
         self.batches_per_pass = math.ceil(len(self.labels) / cfg.batch_size)
@@ -615,13 +648,13 @@ class _Run:
             group["lr"] = self.lr(self.step)
         self._schedule_attack(self.step)
         t0 = time.perf_counter()
-        with _autocast(self.device, cfg.precision):
+        with autocast(self.device, self.precision):
             delta = self.method.perturb(self.model, x, y, s).detach()
         self._sync()
         t1 = time.perf_counter()
         if self.method.on_delta_grad:
             delta.requires_grad_(True)
-        with _autocast(self.device, cfg.precision):
+        with autocast(self.device, self.precision):
             logits = self.net(x + delta)
             loss = F.cross_entropy(logits, y)
             reg = self.method.regularizer(self.model, x, y, s) if self.method.regularizer else None
@@ -764,7 +797,7 @@ class _Run:
         cfg = self.cfg
         state = AttackState(self.attack.threat, self.attack.alpha, self.attack.q)
         x, y = self._to_device(self.probe_x), self.probe_y.to(self.device)
-        with _seeded(cfg.seed, "probe"), _autocast(self.device, cfg.precision):
+        with _seeded(cfg.seed, "probe"), autocast(self.device, self.precision):
             delta = self.method.probe(self.model, x, y, state).detach().float().cpu()
         prev, self.prev_probe = self.prev_probe, delta
         same = prev is not None and prev.shape == delta.shape
@@ -985,7 +1018,7 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False, until_ep
             run.metrics = (final_evaluation(run.model, cfg, device=dev, progress=progress)
                            if cfg.final_n_eval else _last_record_metrics(run.history))
             run.metrics.update(stopped_early=run.stopped_early, events=run.events,
-                               steps=run.step, train_source=run.source,
+                               steps=run.step, precision=run.precision, train_source=run.source,
                                history_source=run.eval_source,
                                time_train_s=run.times["attack"] + run.times["update"],
                                time_eval_s=run.times["eval"])

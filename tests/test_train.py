@@ -115,6 +115,7 @@ METHODS = [
     dict(method="multigrad", mg_n=2),
     dict(method="l2fast", norm="l2", eps=1.0),
     dict(method="fgsm", precision="bf16", channels_last=True),
+    dict(method="fgsm", precision="auto"),
     dict(method="fgsm", optimizer="adam", lr_max=1e-3, grad_clip=0.1),
     dict(method="fgsm", eps_warmup_epochs=1.0, alpha_warmup_epochs=1.0, lr_schedule="cyclic"),
 ]
@@ -135,7 +136,17 @@ def test_every_method_trains_and_changes_the_weights(changes):
     assert last["train_loss"] > 0 and last["weight_update_l2"] > 0
     assert last["delta_linf"] <= cfg.eps + 1e-6 or cfg.norm == "l2"
     assert result.metrics["steps"] == result.steps_run
+    assert result.metrics["precision"] == T.resolve_precision(cfg.precision, torch.device("cpu"))
     json.dumps(result.history)  # plain JSON
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    assert T.resolve_precision("fp32", cpu) == "fp32" and T.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(T, "native_bf16_cpu", lambda: False)
+    assert T.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(T, "native_bf16_cpu", lambda: True)
+    assert T.resolve_precision("auto", cpu) == "bf16"
 
 
 def test_free_replays_each_minibatch_m_times():
