@@ -231,13 +231,14 @@ def dataset_stats(dataset: str):
     raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(known)}")
 
 
-def build(name: str, dataset: str, **kw) -> nn.Module:
+def build(name: str, dataset: str, *, num_classes: int | None = None, **kw) -> nn.Module:
     """Build model `name` for `dataset`, with Normalize as its first layer where needed.
 
     Args:
         name: one of MODEL_NAMES ('preact_resnet18', 'mnist_net', 'cnn1',
             'wide_resnet34_10', 'resnet50').
         dataset: a fatlib.data dataset name ('mnist', 'cifar10', ...) or 'imagenet'.
+        num_classes: outputs, if not the dataset's (e.g. an image folder with fewer classes).
         **kw: model options, e.g. n_filters=4 for 'cnn1', depth/widen_factor for WRN.
     Returns:
         nn.Module mapping images in [0, 1], [B, C, H, W], to logits [B, num_classes].
@@ -245,7 +246,8 @@ def build(name: str, dataset: str, **kw) -> nn.Module:
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    num_classes, (c, h, w), mean, std = dataset_stats(dataset)
+    classes, (c, h, w), mean, std = dataset_stats(dataset)
+    num_classes = classes if num_classes is None else num_classes
     make, normalized = _MODELS[name]
     try:
         net = make(num_classes=num_classes, in_channels=c, height=h, width=w, **kw)
