@@ -165,7 +165,8 @@ class ImageNetConfig:
 
 @dataclass
 class ImageNetResult:
-    """The trained model and one history entry per epoch (phase, loss, accuracy, seconds)."""
+    """The trained model and one history entry per epoch (crop size, batch size, steps, loss and
+    accuracy on the training perturbations)."""
 
     config: ImageNetConfig
     model: nn.Module
@@ -206,13 +207,15 @@ def train_imagenet(cfg: ImageNetConfig, run_dir=None, *, until_epoch: int | None
             raise ValueError(f"{path} was written by another config; use another run_dir")
         models.load_weights(model, ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
         history = json.loads(ckpt["history"])
     last = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     for epoch in range(len(history), last):
         history.append(_train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, precision))
         if path is not None:
             train.save_checkpoint(path, {"config": json.dumps(_config_json(cfg)), "model": model.state_dict(),
-                                         "optimizer": opt.state_dict(), "history": json.dumps(history)})
+                                         "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                                         "history": json.dumps(history)})
     model.eval()
     return ImageNetResult(cfg, model, history)
 
