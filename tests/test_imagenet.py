@@ -44,7 +44,7 @@ def test_missing_folder_and_bad_settings_give_clear_errors(tmp_path, folder):
     with pytest.raises(ValueError, match="split"):
         ImageFolder(folder, "validation")
     with pytest.raises(ValueError, match="phases"):
-        tiny(folder).__class__(root=str(folder), phases=((1, 16, 4),))
+        ImageNetConfig(root=str(folder), phases=((1, 16, 4),))
     with pytest.raises(ValueError, match="eps"):
         ImageNetConfig(root=str(folder), eps=8)
 
