@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fatlib import attacks, evaluate, models, schedules, train
+from fatlib import attacks, data, evaluate, models, schedules, train
 from fatlib.threat import ThreatModel
 
 SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -173,11 +173,6 @@ class ImageNetResult:
     history: list
 
 
-def build_model(cfg: ImageNetConfig, num_classes: int) -> nn.Module:
-    """``cfg.model`` for ImageNet's statistics with `num_classes` outputs."""
-    return models.build(cfg.model, "imagenet", num_classes=num_classes)
-
-
 def train_imagenet(cfg: ImageNetConfig, run_dir=None, *, until_epoch: int | None = None) -> ImageNetResult:
     """FGSM-RS training with progressive resizing; resumes from ``run_dir``'s checkpoint.
 
@@ -191,7 +186,7 @@ def train_imagenet(cfg: ImageNetConfig, run_dir=None, *, until_epoch: int | None
     device = train.resolve_device(cfg.device)
     folder = ImageFolder(cfg.root, "train")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(folder.classes)).to(device)
+    model = models.build(cfg.model, "imagenet", num_classes=len(folder.classes)).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]  # not batch-norm weights, not biases
     rest = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -226,7 +221,7 @@ def _config_json(cfg: ImageNetConfig) -> dict:
 
 def _train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, precision) -> dict:
     size, batch = cfg.phase(epoch)
-    seed = cfg.seed * 1_000_003 + epoch  # each epoch its own streams: a resumed run is identical
+    seed = train.derived_seed(cfg.seed, "imagenet epoch", epoch)  # a resumed run is identical
     g = torch.Generator().manual_seed(seed)  # order and crops
     torch.manual_seed(seed)  # the attack's random starts
     order = torch.randperm(len(folder), generator=g).tolist()
@@ -237,7 +232,7 @@ def _train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, 
         for group in opt.param_groups:
             group["lr"] = cfg.lr_scale * schedules.imagenet_three_phase(epoch + i / steps)
         idx = order[i * batch:(i + 1) * batch]
-        x = folder.load(idx, size, train_crop=True, generator=g).to(device).float().div_(255)
+        x = data.to_float(folder.load(idx, size, train_crop=True, generator=g)).to(device)
         y = folder.labels[idx].to(device)
         with train.autocast(device, precision):
             delta = attacks.fgsm(model, x, y, threat, alpha=alpha, init="random")

@@ -489,7 +489,8 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _derived_seed(seed: int, *parts) -> int:
+def derived_seed(seed: int, *parts) -> int:
+    """A seed of its own for (seed, *parts): independent streams from one run seed."""
     text = ":".join(str(p) for p in (seed, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
 
@@ -499,7 +500,7 @@ def _seeded(seed: int, *parts):
     """Run a block on its own RNG stream, leaving the training RNG untouched."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_derived_seed(seed, *parts))
+        torch.manual_seed(derived_seed(seed, *parts))
         yield
 
 
@@ -601,7 +602,7 @@ class _Run:
         self.complete = False
         self.metrics = None
         self.dirty = True               # model changed since the last history record
-        torch.manual_seed(_derived_seed(cfg.seed, "train", dist.rank))
+        torch.manual_seed(derived_seed(cfg.seed, "train", dist.rank))
         self.bar = None
         if progress and dist.main:
             from tqdm.auto import tqdm
