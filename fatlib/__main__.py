@@ -57,7 +57,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kw.update(type=_optional_int, help="first n training examples ('all' for the split)")
         elif kind is int:
             kw.update(type=int)
-        elif kind is str:
+        elif kind is str or kind == (str | None):
             kw.update(type=str)
         else:  # float or float | None
             kw.update(type=number)
@@ -66,10 +66,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="cnn1: number of 3x3 filters (sets model_kw.n_filters)")
 
 
+def _read_config_file(path: str) -> dict:
+    """The fields of a TrainConfig JSON file, or a ValueError that says what the file is not."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path} is not a TrainConfig JSON file (not JSON: {e}); give a "
+                         f"run's config.json or one of data/configs/*.json") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} is not a TrainConfig JSON file: it holds a "
+                         f"{type(values).__name__}, not an object of TrainConfig fields")
+    return values
+
+
 def _config_from_args(args: argparse.Namespace):
     from fatlib.train import TrainConfig
 
-    values = dict(json.loads(open(args.config).read())) if args.config else {}
+    values = _read_config_file(args.config) if args.config else {}
     for f in dataclasses.fields(TrainConfig):
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
@@ -164,6 +180,9 @@ def cmd_eval(argv) -> int:
     from fatlib import data, evaluate
     from fatlib.threat import ThreatModel
 
+    if args.pgd_alpha is not None and not 0 < args.pgd_alpha <= 1:
+        parser.error(f"--pgd-alpha {args.pgd_alpha} is outside (0, 1]: step sizes are in pixel "
+                     f"units (2/255, not 2)")
     try:
         model, dataset, train_eps, train_norm = _load_for_eval(args)
     except (ValueError, FileNotFoundError) as e:

@@ -8,16 +8,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fatlib.regularizers import gradient_cosines
+from fatlib.attacks import input_gradient, preserved_state
+from fatlib.regularizers import uniform_linf_noise
 
 
 def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                        batch_size: int = 256) -> float:
-    """E cos(grad_x l(x, y), grad_x l(x + eta, y)), eta ~ U([-eps, eps]^d).
+    """E cos(grad_x l(x, y), grad_x l(clip(x + eta), y)), eta ~ U([-eps, eps]^d).
 
-    Implements: andriushchenko2020 eq. 5 (examples with a zero gradient skipped, as in the
-    authors' code). The model is used in its current mode: put it in eval mode for
-    test-set statistics.
+    Implements: andriushchenko2020 eq. 5 as the authors' metric code computes it
+    (utils.get_grad_np and avg_cos_np): x + eta is clipped to the image box [0, 1], and an
+    example whose gradient is zero at either point counts as cosine 1 (their 0/0 -> 1), so
+    a dead network reads as aligned, not as nan. The GradAlign regulariser
+    (fatlib.regularizers.grad_align) keeps the authors' training form instead (eta not
+    clipped, zero-gradient examples skipped). The model is used in its current mode: put it
+    in eval mode for test-set statistics.
     Args:
         model: classifier returning logits.
         x: images in [0, 1], [N, C, H, W].
@@ -25,14 +30,19 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         eps: l-inf radius in pixel units.
         batch_size: examples per forward pass.
     Returns:
-        mean cosine over the examples with non-zero gradients (nan if there are none).
+        mean cosine over all N examples.
     """
-    total, count = 0.0, 0
-    for start in range(0, x.shape[0], batch_size):
-        cos = gradient_cosines(model, x[start:start + batch_size], y[start:start + batch_size], eps)
-        total += float(cos.double().sum())
-        count += cos.numel()
-    return total / count if count else float("nan")
+    total = 0.0
+    with preserved_state(model):
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            noisy = (xb + uniform_linf_noise(xb, eps)).clamp(0, 1) - xb
+            g1, _ = input_gradient(model, xb, yb, torch.zeros_like(xb))
+            g2, _ = input_gradient(model, xb, yb, noisy)
+            dead = (g1.flatten(1).norm(dim=1) == 0) | (g2.flatten(1).norm(dim=1) == 0)
+            cos = torch.where(dead, torch.ones_like(dead, dtype=torch.float64), cosine(g1.double(), g2))
+            total += float(cos.sum())
+    return total / x.shape[0] if x.shape[0] else float("nan")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

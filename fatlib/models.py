@@ -8,6 +8,7 @@ weights saved from the authors' un-normalised networks load into ``model.net``.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Callable
 
@@ -47,11 +48,31 @@ class Normalize(nn.Module):
 
 # --- PreAct ResNet-18 (wong2020 / andriushchenko2020 / golgooni2021 CIFAR model) ---
 
-class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al. 2016), as in the papers' preact_resnet.py."""
+# Where the 1x1 projection shortcut of a PreActBlock takes its input: 'input' (the block
+# input; wong2020, andriushchenko2020: fatlib's default) or 'preact' (relu(bn1(x));
+# kuangliu's code, which golgooni2021 uses).
+SHORTCUTS = ("input", "preact")
 
-    def __init__(self, in_planes, planes, stride=1):
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016) in one of the two forms the papers' code uses.
+
+    Implements: the block of wong2020's and andriushchenko2020's preact_resnet.py
+    (locuslab/fast_adversarial, tml-epfl/understanding-fast-adv-training), whose 1x1
+    projection shortcut takes the block input ``x`` (``shortcut='input'``), or the block of
+    kuangliu's pytorch-cifar as golgooni2021 uses it (rohban-lab/catastrophic_overfitting),
+    whose shortcut takes the pre-activated input ``relu(bn1(x))`` (``shortcut='preact'``).
+    Both have the same parameters (the same state_dict keys) but compute different functions.
+    Args:
+        in_planes, planes: input and output channels.
+        stride: stride of the first convolution (and of the projection shortcut).
+        shortcut: 'input' or 'preact' (SHORTCUTS).
+    """
+
+    def __init__(self, in_planes, planes, stride=1, shortcut="input"):
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"PreAct ResNet shortcut must be one of {SHORTCUTS}; got {shortcut!r}")
+        self.shortcut_from = shortcut
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -61,10 +82,16 @@ class PreActBlock(nn.Module):
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        if hasattr(self, "shortcut"):
+            shortcut = self.shortcut(x if self.shortcut_from == "input" else out)
+        else:
+            shortcut = x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
+
+    def extra_repr(self):
+        return f"shortcut={self.shortcut_from!r}"
 
 
 class PreActResNet18(nn.Module):
@@ -73,18 +100,27 @@ class PreActResNet18(nn.Module):
     Args:
         num_classes: number of outputs.
         in_channels: image channels (3 for CIFAR-10).
+        base_width: channels of the first stage (64 in the papers; the four stages have
+            base_width, 2, 4 and 8 times base_width channels).
+        shortcut: where the projection shortcuts take their input, 'input' (wong2020,
+            andriushchenko2020; the default) or 'preact' (golgooni2021's kuangliu variant).
     """
 
-    def __init__(self, num_classes=10, in_channels=3):
+    def __init__(self, num_classes=10, in_channels=3, base_width=64, shortcut="input"):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        planes, strides, layers, in_planes = (64, 128, 256, 512), (1, 2, 2, 2), [], 64
-        for p, s in zip(planes, strides):
-            layers.append(nn.Sequential(PreActBlock(in_planes, p, s), PreActBlock(p, p, 1)))
+        if not (isinstance(base_width, int) and base_width >= 1):
+            raise ValueError(f"preact_resnet18 base_width must be an integer >= 1; got {base_width!r}")
+        w = base_width
+        planes = (w, 2 * w, 4 * w, 8 * w)
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        layers, in_planes = [], w
+        for p, s in zip(planes, (1, 2, 2, 2)):
+            layers.append(nn.Sequential(PreActBlock(in_planes, p, s, shortcut),
+                                        PreActBlock(p, p, 1, shortcut)))
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, num_classes)
+        self.bn = nn.BatchNorm2d(planes[-1])
+        self.linear = nn.Linear(planes[-1], num_classes)
 
     def forward(self, x):
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
@@ -164,10 +200,32 @@ def mnist_net(num_classes=10, in_channels=1, height=28, width=28) -> nn.Sequenti
     )
 
 
+def he_normal_init(module: nn.Module) -> None:
+    """He-normal weights and zero biases, as andriushchenko2020's code initialises its models.
+
+    Implements: ``initialize_weights`` of tml-epfl/understanding-fast-adv-training (utils.py):
+    conv weights ~ N(0, 2 / (k_h k_w out_channels)), linear weights ~ N(0, 2 / in_features),
+    biases 0, BatchNorm weight 1 and bias 0. Use with ``model.apply(he_normal_init)``.
+    """
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class SingleLayerCNN(nn.Module):
     """Single-layer CNN: conv 3x3 with n filters (stride 1, padding 1), ReLU, linear layer.
 
-    Implements: andriushchenko2020 §4 (catastrophic overfitting with 4 filters), Lemma 2.
+    Implements: andriushchenko2020 §4 (catastrophic overfitting with 4 filters), Lemma 2, as
+    the authors' code builds it: no input normalisation (pixels in [0, 1] go straight into
+    the convolution), He-normal weights and zero biases (``he_normal_init``).
     Args:
         n_filters: number of 3x3 filters (4 in the paper).
         num_classes, in_channels, height, width: data shape.
@@ -179,6 +237,7 @@ class SingleLayerCNN(nn.Module):
             raise ValueError(f"cnn1 needs n_filters >= 1; got {n_filters}")
         self.conv = nn.Conv2d(in_channels, n_filters, 3, stride=1, padding=1)
         self.linear = nn.Linear(n_filters * height * width, num_classes)
+        self.apply(he_normal_init)
 
     def forward(self, x):
         return self.linear(F.relu(self.conv(x)).flatten(1))
@@ -192,8 +251,8 @@ def _resnet50(num_classes=1000, in_channels=3, **_shape):
     return torchvision.models.resnet50(num_classes=num_classes)
 
 
-def _preact(num_classes, in_channels, **_shape):
-    return PreActResNet18(num_classes, in_channels)
+def _preact(num_classes, in_channels, base_width=64, shortcut="input", **_shape):
+    return PreActResNet18(num_classes, in_channels, base_width, shortcut)
 
 
 def _wrn(num_classes, in_channels, depth=34, widen_factor=10, **_shape):
@@ -208,7 +267,7 @@ def _cnn1(num_classes, in_channels, height, width, n_filters=4):
 _MODELS: dict[str, tuple[Callable[..., nn.Module], bool]] = {
     "preact_resnet18": (_preact, True),
     "mnist_net": (mnist_net, False),
-    "cnn1": (_cnn1, True),
+    "cnn1": (_cnn1, False),
     "wide_resnet34_10": (_wrn, True),
     "resnet50": (_resnet50, True),
 }
@@ -239,7 +298,8 @@ def build(name: str, dataset: str, *, num_classes: int | None = None, **kw) -> n
             'wide_resnet34_10', 'resnet50').
         dataset: a fatlib.data dataset name ('mnist', 'cifar10', ...) or 'imagenet'.
         num_classes: outputs, if not the dataset's (e.g. an image folder with fewer classes).
-        **kw: model options, e.g. n_filters=4 for 'cnn1', depth/widen_factor for WRN.
+        **kw: model options, e.g. n_filters=4 for 'cnn1', base_width=16 or shortcut='preact'
+            (golgooni2021's block) for 'preact_resnet18', depth/widen_factor for WRN.
     Returns:
         nn.Module mapping images in [0, 1], [B, C, H, W], to logits [B, num_classes].
         Normalised models are nn.Sequential(normalize=Normalize, net=<the network>).

@@ -182,7 +182,28 @@ def _git_commit() -> str | None:
         return None
     if out.returncode != 0:
         return None
-    return out.stdout.strip() + ("+uncommitted fatlib changes" if dirty.stdout.strip() else "")
+    return out.stdout.strip() + (UNCOMMITTED if dirty.stdout.strip() else "")
+
+
+UNCOMMITTED = "+uncommitted fatlib changes"
+
+
+def committed_code() -> str:
+    """The git commit that fatlib/ runs from, refusing an uncommitted fatlib/.
+
+    A record must be rebuildable from a commit of this repository (issue: records only from
+    committed code), so save_record calls this before writing anything.
+    Raises:
+        RuntimeError: no git checkout, or fatlib/ has changes not committed.
+    """
+    commit = _git_commit()
+    if commit is None:
+        raise RuntimeError(f"cannot tell which commit fatlib runs from ({REPO} is not a git checkout "
+                           f"or git is missing): records are made only from committed code")
+    if commit.endswith(UNCOMMITTED):
+        raise RuntimeError("fatlib/ has uncommitted changes: commit them first (git commit), then "
+                           "make the record again, so that it can be rebuilt from its commit")
+    return commit
 
 
 def machine() -> dict:
@@ -235,7 +256,8 @@ def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
 
     Provenance: fatlib version, git commit, machine (CPU model, cores, GPU), torch version,
     wall time, UTC date, data sources, sha256 of the JSON files; the final weights are kept
-    when smaller than 5 MB.
+    when smaller than 5 MB. Refuses (RuntimeError, see committed_code) when fatlib/ has
+    uncommitted changes: a record names the commit that made it.
     Args:
         run: a finished Run (load_or_train's result).
         name: record name, a folder name (letters, digits, _ - .).
@@ -246,6 +268,7 @@ def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
         raise ValueError(f"record name must be letters, digits, '_', '-' or '.'; got {name!r}")
     if not run.metrics:
         raise ValueError("save_record needs a finished run (metrics missing); train it to the end")
+    commit = committed_code()
     folder = Path(root or records_dir()) / name
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "config.json", run.config.to_dict())
@@ -257,7 +280,7 @@ def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
         torch.save(state, folder / "weights.pt")
     m = run.metrics
     provenance = {
-        "fatlib_version": fatlib.__version__, "git_commit": _git_commit(),
+        "fatlib_version": fatlib.__version__, "git_commit": commit,
         "torch_version": torch.__version__, "machine": machine(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": {"train": m.get("time_train_s"), "history_eval": m.get("time_eval_s"),

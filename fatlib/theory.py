@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fatlib.models import Normalize, SingleLayerCNN, build
+from fatlib.models import SingleLayerCNN, build
 from fatlib.threat import ThreatModel
 
 # Discrete Laplace kernels (4- and 8-neighbour), the "edge detector" of andriushchenko2020 Fig. 5.
@@ -137,20 +137,18 @@ def lemma2_model(n_filters: int, dataset: str = "cifar10", *, sigma_w: float | N
 
     Implements: andriushchenko2020 Lemma 2 set-up (w ~ N(0, s_w^2 I), u ~ N(0, s_u^2 I), b = 0)
     on fatlib's single-layer CNN (3x3 filters, stride 1, so its patches overlap, unlike the
-    lemma's). The Normalize layer is replaced by the identity (mean 0, std 1), so patches are
-    pixel values in [0, 1] as in the lemma.
+    lemma's), which has no normalisation layer: patches are pixel values in [0, 1] as in the
+    lemma.
     Args:
         n_filters: number of filters m.
         dataset: a fatlib.data dataset name (shapes only).
         sigma_w, sigma_u: standard deviations; default He (sqrt(2 / fan_in)).
         generator: optional torch.Generator.
     Returns:
-        nn.Sequential(normalize=identity Normalize, net=SingleLayerCNN), in eval mode.
+        the SingleLayerCNN, in eval mode.
     """
     model = build("cnn1", dataset, n_filters=n_filters)
-    channels = model.normalize.mean.shape[1]
-    model.normalize = Normalize((0.0,) * channels, (1.0,) * channels)
-    conv, linear = model.net.conv, model.net.linear
+    conv, linear = model.conv, model.linear
     s_w = math.sqrt(2.0 / conv.weight[0].numel()) if sigma_w is None else float(sigma_w)
     s_u = math.sqrt(2.0 / linear.in_features) if sigma_u is None else float(sigma_u)
     with torch.no_grad():

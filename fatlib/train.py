@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,14 +54,24 @@ FGSM_INITS = ("zero", "random", "previous", "random_unclipped")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EARLY_STOP_RULES = ("drop", "best")
+AUTO_PRECISION_ENV = "FATLIB_AUTO_PRECISION"  # 'fp32': precision 'auto' resolves to fp32 on a CPU
 # Fields added after the first records: left out of the hashed JSON while at these defaults,
 # so that the run folders of older configs keep their names.
 LATE_FIELD_DEFAULTS = {"early_stop_rule": "drop"}
 CHECKPOINT = "checkpoint.pt"
-# alpha / eps when alpha is None: the attacks' own defaults (fatlib.attacks) for each method.
+# alpha / eps when alpha is None, the papers' settings: FGSM from a zero start alpha = eps, from a
+# random start 1.25 eps (wong2020, andriushchenko2020's fgsm_alpha); free AT eps (wong2020
+# Alg. 2); ZeroGrad 2 eps from a random start, MultiGrad eps (golgooni2021's code); l2 fast
+# AT 1.5 eps (l2fast). PGD's default is pgd_alpha_ratio.
+FGSM_RS_ALPHA_RATIO = 1.25
 DEFAULT_ALPHA_RATIO = {"standard": 1.0, "fgsm": 1.0, "free": 1.0, "pgd": 1.0, "gradalign": 1.0,
                        "zerograd": 2.0, "multigrad": 1.0, "l2fast": 1.5}
+# fgsm_init when None: GradAlign is FGSM from a zero start plus the regulariser
+# (andriushchenko2020 §5); every other method starts FGSM from a random point (wong2020).
+DEFAULT_FGSM_INIT = {"gradalign": "zero"}
+MAX_STEP_TO_EPS = 4.0  # a step size above 4 eps is legal but almost always a units mistake
 COLLAPSE_DROP = 20.0  # percentage points of PGD accuracy lost in one epoch (wong2020 App. B: 0.2)
+BEST_GUARD_N = 256    # 'best' rule: fixed training images checked (andriushchenko2020's code)
 
 
 # ----------------------------------------------------------------------------- config
@@ -86,11 +97,13 @@ class TrainConfig:
     norm: str = "linf"
     eps: float = 8 / 255
     alpha: float | None = None
-    fgsm_init: str = "random"             # fgsm / gradalign: 'zero' | 'random' | 'previous' |
-                                          # 'random_unclipped' (wong2020's MNIST code, see below)
+    fgsm_init: str | None = None          # fgsm / gradalign: 'zero' | 'random' | 'previous' |
+                                          # 'random_unclipped' (wong2020's MNIST code, see below);
+                                          # None: 'zero' for gradalign, else 'random'
+
     free_m: int = 8
     pgd_steps: int = 10
-    pgd_alpha: float | None = None        # None: 2 eps / pgd_steps
+    pgd_alpha: float | None = None        # None: pgd_alpha_ratio(pgd_steps) * eps
     pgd_random_start: bool = True
     pgd_corners: bool = False
     ga_lambda: float = 0.2
@@ -123,10 +136,13 @@ class TrainConfig:
     eval_pgd_steps: int = 10
     eval_pgd_restarts: int = 1
     eval_pgd_alpha: float | None = None   # None: eps / 4
-    early_stop: bool = False              # guard with PGD-5 on a training minibatch each epoch:
-    early_stop_rule: str = "drop"         # 'drop': wong2020 App. B, stop (and restore the last
-                                          # epoch) at a 20-point drop; 'best': andriushchenko2020's
-                                          # code, train on, keep the epoch with the best guard acc
+    early_stop: bool = False              # guard against catastrophic overfitting:
+    early_stop_rule: str = "drop"         # 'drop': wong2020 App. B, PGD-5 on the epoch's first
+                                          # minibatch, stop (and restore the last epoch) at a
+                                          # 20-point drop; 'best': andriushchenko2020's code,
+                                          # PGD-10 on the first BEST_GUARD_N unaugmented training
+                                          # images at every history record, train on, keep the
+                                          # weights with the best guard accuracy
     # final evaluation (metrics.json); final_n_eval 0: use the last history record
     final_n_eval: int = 0
     final_pgd_steps: int = 50
@@ -135,6 +151,8 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "model_kw", dict(self.model_kw))
+        if self.fgsm_init is None:
+            object.__setattr__(self, "fgsm_init", DEFAULT_FGSM_INIT.get(self.method, "random"))
         for name in ("rollback_qs", "lr_drops"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         for name in ("eps", "lr_max"):
@@ -181,10 +199,17 @@ class TrainConfig:
     # --- derived values
     @property
     def alpha_value(self) -> float:
-        """Step size of the training attack in pixel units (pgd_alpha for 'pgd')."""
+        """Step size of the training attack in pixel units (pgd_alpha for 'pgd').
+
+        Defaults (alpha or pgd_alpha None) are the papers': see DEFAULT_ALPHA_RATIO,
+        FGSM_RS_ALPHA_RATIO (FGSM and GradAlign from a random start) and pgd_alpha_ratio.
+        """
         if self.method == "pgd":
-            return self.pgd_alpha if self.pgd_alpha is not None else 2 * self.eps / self.pgd_steps
-        return self.alpha if self.alpha is not None else DEFAULT_ALPHA_RATIO[self.method] * self.eps
+            return self.pgd_alpha if self.pgd_alpha is not None else pgd_alpha_ratio(self.pgd_steps) * self.eps
+        if self.alpha is not None:
+            return self.alpha
+        random_start = self.method in ("fgsm", "gradalign") and self.fgsm_init != "zero"
+        return (FGSM_RS_ALPHA_RATIO if random_start else DEFAULT_ALPHA_RATIO[self.method]) * self.eps
 
     @property
     def replays(self) -> int:
@@ -201,6 +226,31 @@ class TrainConfig:
         return self.eval_pgd_alpha if self.eval_pgd_alpha is not None else self.eps / 4
 
 
+def pgd_alpha_ratio(steps: int) -> float:
+    """Default PGD training step / eps: 1/2 for PGD-2, else 2 / steps.
+
+    Implements: andriushchenko2020's scripts (PGD-2 with alpha eps/2, PGD-10 with eps/5).
+    wong2020's PGD-7 used 2/255 at 8/255 (2 eps / 7 would be 2.3/255): give pgd_alpha for it.
+    """
+    return 0.5 if steps == 2 else 2.0 / steps
+
+
+def _check_step_sizes(c: TrainConfig, bad) -> None:
+    """Step sizes are in pixel units: reject those outside (0, 1], warn above MAX_STEP_TO_EPS eps."""
+    for name in ("alpha", "pgd_alpha", "eval_pgd_alpha", "final_pgd_alpha"):
+        v = getattr(c, name)
+        if v is None:
+            continue
+        if not (v > 0 and math.isfinite(v)):
+            bad(f"{name} must be > 0 (or None for the default); got {v}")
+        if c.norm == "linf" and v > 1:
+            bad(f"{name} = {v} is more than the whole pixel range: step sizes are in pixel units "
+                f"(10/255 = {10 / 255:.4f}, not 10); use e.g. {name}={min(v, 255) / 255:.4f}")
+        if v > MAX_STEP_TO_EPS * c.eps:
+            warnings.warn(f"{name} = {v:.4g} is {v / c.eps:.1f} times eps = {c.eps:.4g}; steps are in "
+                          f"pixel units like eps (8/255, not 8): is that intended?", stacklevel=4)
+
+
 def _validate(c: TrainConfig) -> None:
     def bad(msg):
         raise ValueError(f"bad TrainConfig: {msg}")
@@ -215,10 +265,9 @@ def _validate(c: TrainConfig) -> None:
         bad(f"unknown norm {c.norm!r}; use one of {NORMS}")
     if not (c.eps > 0 and (c.eps <= 1 or c.norm == "l2") and math.isfinite(c.eps)):
         bad(f"eps must be in (0, 1] (pixel units, e.g. 8/255); got {c.eps}")
-    for name in ("alpha", "pgd_alpha", "eval_pgd_alpha", "final_pgd_alpha", "grad_clip"):
-        v = getattr(c, name)
-        if v is not None and not v > 0:
-            bad(f"{name} must be > 0 (or None for the default); got {v}")
+    _check_step_sizes(c, bad)
+    if c.grad_clip is not None and not c.grad_clip > 0:
+        bad(f"grad_clip must be > 0 (or None for no clipping); got {c.grad_clip}")
     if c.fgsm_init not in FGSM_INITS:
         bad(f"fgsm_init must be one of {FGSM_INITS}; got {c.fgsm_init!r}")
     if c.fgsm_init == "random_unclipped" and c.norm != "linf":
@@ -364,6 +413,13 @@ def _free_perturb(model, x, y, s: AttackState):
 
 
 def _free_update(s: AttackState, x, delta, grad):
+    """Free AT's persistent delta takes a signed step on the training loss's input gradient.
+
+    A non-finite gradient is the GradScaler's overflow (fp16): the scaler skips that
+    optimizer step, and the delta keeps its value too (wong2020's code steps both together).
+    """
+    if not torch.isfinite(grad).all():
+        return
     _keep_delta(s, attacks.free_update(delta.detach(), grad, s.threat, x, alpha=s.alpha))
 
 
@@ -397,6 +453,31 @@ def make_method(c: TrainConfig) -> Method:
     return builders[c.method]()
 
 
+def attack_schedule(c: TrainConfig, step: int, steps_per_epoch: float) -> tuple[float, float]:
+    """(eps, alpha) of the training attack at an optimizer step, with the warm-ups.
+
+    Implements the authors' warm-ups (andriushchenko2020's train.py, golgooni2021 on SVHN):
+    eps_warmup_epochs grows eps linearly from 0; alpha_warmup_epochs grows alpha linearly
+    from 0 to alpha_value. Without an alpha warm-up, PGD keeps its absolute step
+    (pgd_alpha) while eps warms up, and the other methods keep alpha / eps fixed (alpha
+    grows with eps). With an alpha warm-up, alpha follows it alone, so alpha never grows
+    as t^2 when both warm-ups are on.
+    Args:
+        c: the config; step: optimizer steps taken; steps_per_epoch: optimizer steps per
+            cost-equivalent epoch.
+    Returns:
+        (eps, alpha) in pixel units.
+    """
+    eps = schedules.linear_warmup(step, round(c.eps_warmup_epochs * steps_per_epoch), c.eps)
+    if c.alpha_warmup_epochs:
+        alpha = schedules.linear_warmup(step, round(c.alpha_warmup_epochs * steps_per_epoch), c.alpha_value)
+    elif c.method == "pgd":
+        alpha = c.alpha_value
+    else:
+        alpha = c.alpha_value * eps / c.eps
+    return eps, alpha
+
+
 # ----------------------------------------------------------------------------- devices, DDP
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -428,6 +509,14 @@ class Dist:
         if self.world > 1:
             torch.distributed.broadcast(t, 0)
         return t
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order (a list of one on a single process)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def slice(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch."""
@@ -470,12 +559,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Returns:
         'auto' -> 'bf16' on a CPU with native bf16 (else 'fp32'), 'bf16' on a CUDA GPU that
         supports it (else 'fp16' with a GradScaler); any other value unchanged.
+        ``$FATLIB_AUTO_PRECISION=fp32`` makes 'auto' resolve to fp32 on every CPU (the test
+        suite's second mode); ``=bf16`` keeps bf16 where it is native and fp32 elsewhere.
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16_cpu() else "fp32"
+    native = native_bf16_cpu()
+    forced = os.environ.get(AUTO_PRECISION_ENV, "")
+    if forced not in ("", "fp32", "bf16"):
+        raise ValueError(f"${AUTO_PRECISION_ENV} must be 'fp32' or 'bf16' (or unset); got {forced!r}")
+    if forced == "fp32" or (forced == "bf16" and not native):
+        return "fp32"  # bf16 is forced only where it is native: emulated bf16 is ~13x slower
+    return "bf16" if native else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -586,6 +683,8 @@ class _Run:
             self.eval_x = data.to_float(imgs)
         n_probe = min(cfg.batch_size, len(self.labels))
         self.probe_x, self.probe_y = data.to_float(self.images[:n_probe]), self.labels[:n_probe]
+        n_guard = min(BEST_GUARD_N, len(self.labels))
+        self.guard_x, self.guard_y = data.to_float(self.images[:n_guard]), self.labels[:n_guard]
         self.attack = AttackState(ThreatModel(cfg.norm, cfg.eps), cfg.alpha_value, cfg.zg_q)
         # counters and records (all saved in checkpoints)
         self.step, self.passes_done, self.q_index = 0, 0, 0
@@ -634,12 +733,11 @@ class _Run:
         return schedules.learning_rate(c.lr_schedule, step, self.total, c.lr_max, epochs=c.epochs, **kw)
 
     def _schedule_attack(self, step: int) -> None:
-        """Set eps (warm-up), alpha (warm-up, scaled with eps) and q for this step."""
-        c, per_epoch = self.cfg, self.total / self.cfg.epochs
-        eps = schedules.linear_warmup(step, round(c.eps_warmup_epochs * per_epoch), c.eps)
-        alpha = schedules.linear_warmup(step, round(c.alpha_warmup_epochs * per_epoch), c.alpha_value)
+        """Set eps, alpha and q for this step (see attack_schedule)."""
+        c = self.cfg
+        eps, alpha = attack_schedule(c, step, self.total / c.epochs)
         self.attack.threat = ThreatModel(c.norm, eps)
-        self.attack.alpha = alpha * eps / c.eps
+        self.attack.alpha = alpha
         self.attack.q = ((c.zg_q,) + c.rollback_qs)[self.q_index]
 
     # --- one optimizer step
@@ -731,6 +829,8 @@ class _Run:
                "delta_l2": sums[4].item() / n if sums[2] else None,
                "delta_linf": sums[5].item() / n if sums[2] else None}
         self.sums.zero_()
+        if cfg.early_stop and cfg.early_stop_rule == "best":
+            rec.update(self.best_rule_check())
         if self.dist.main:
             rec.update(self._test_metrics())
             rec.update(self._weight_update())
@@ -805,15 +905,24 @@ class _Run:
         return {"probe_delta_mse": (delta - prev).pow(2).mean().item() if same else None}
 
     # --- catastrophic-overfitting guard (wong2020 App. B, golgooni2021 §5.2)
-    def guard_accuracy(self, x, y) -> float:
-        """PGD-5 (1 restart, alpha eps/4) accuracy in percent on one training minibatch."""
+    def guard_accuracy(self, x, y, steps: int = 5) -> float:
+        """PGD-`steps` (1 restart, alpha eps/4) accuracy in percent on training images x, y
+        (wong2020 App. B: PGD-5 on a minibatch; the 'best' rule: PGD-10 on fixed images)."""
         cfg, model = self.cfg, self.model
         with evaluate.evaluation_mode(model), _seeded(cfg.seed, "guard", self.step):
             delta = attacks.pgd(model, x, y, ThreatModel(cfg.norm, cfg.eps), alpha=cfg.eps / 4,
-                                steps=5, restarts=1)
+                                steps=steps, restarts=1)
             with torch.no_grad():
                 acc = (model(x + delta).argmax(1) == y).float().mean() * 100
         return self.dist.from_main(acc.to(self.device)).item()
+
+    def best_rule_check(self) -> dict:
+        """'best' rule, at a history record: PGD-10 accuracy on the first BEST_GUARD_N
+        unaugmented training images (andriushchenko2020's code), keeping the best weights."""
+        x, y = self._to_device(self.guard_x), self.guard_y.to(self.device)
+        acc = self.guard_accuracy(x, y, steps=10)
+        self.keep_if_best(acc)
+        return {"guard_pgd_acc": acc}
 
     def keep_if_best(self, acc: float) -> None:
         """'best' rule: remember the weights if the guard accuracy is the best so far."""
@@ -842,17 +951,36 @@ class _Run:
                  "total_steps": self.total}
         ckpt = {"config": c.to_json(), "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(), "sums": self.sums.clone(),
+                "ranks": self.dist.gather(self._rank_state()),
                 "prev_weights": self.prev_weights, "state": json.dumps(state),
                 "history": json.dumps(self.history), "events": json.dumps(self.events)}
-        if self.device.type == "cuda":
-            ckpt["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        for name, t in (("attack_delta", self.attack.delta), ("prev_probe", self.prev_probe)):
-            if t is not None:
-                ckpt[name] = t.detach().cpu().clone()
+        if self.prev_probe is not None:
+            ckpt["prev_probe"] = self.prev_probe.detach().cpu().clone()
         if self.best_model is not None:
             ckpt["best_model"] = self.best_model
         return ckpt
+
+    def _rank_state(self) -> dict:
+        """What differs between DDP ranks: RNG streams, the unreduced sums, the kept delta."""
+        state = {"rng_cpu": torch.get_rng_state(), "sums": self.sums.clone()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.attack.delta is not None:
+            state["attack_delta"] = self.attack.delta.detach().cpu().clone()
+        return state
+
+    def _load_rank_state(self, ranks: list) -> None:
+        """Restore this rank's entry of a checkpoint's 'ranks' (saved with the same world size)."""
+        if len(ranks) != self.dist.world:
+            raise ValueError(f"the checkpoint was written by {len(ranks)} processes, this run has "
+                             f"{self.dist.world}: resume it with --nproc_per_node={len(ranks)}")
+        mine = ranks[self.dist.rank]
+        torch.set_rng_state(mine["rng_cpu"])
+        if "rng_cuda" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["rng_cuda"], self.device)
+        self.sums = mine["sums"].clone()
+        delta = mine.get("attack_delta")
+        self.attack.delta = None if delta is None else delta.to(self.device)
 
     def load_state_dict(self, ckpt: dict, *, keep_records: bool = False) -> None:
         """Restore a state_dict (decoded as by load_checkpoint).
@@ -862,18 +990,14 @@ class _Run:
         models.load_weights(self.model, ckpt["model"], what="checkpoint")
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if "rng_cuda" in ckpt and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
+        legacy = {k: ckpt[k] for k in ("rng_cpu", "rng_cuda", "sums", "attack_delta") if k in ckpt}
+        self._load_rank_state(ckpt.get("ranks") or [legacy] * self.dist.world)  # before per-rank state
         st = ckpt["state"]
         self.step, self.passes_done, self.q_index = st["step"], st["passes_done"], st["q_index"]
         self.prev_probe_acc, self.stopped_early = st["prev_probe_acc"], st["stopped_early"]
         self.complete, self.metrics = st["complete"], st["metrics"]
         self.best_guard, self.best_model = st.get("best_guard"), ckpt.get("best_model")
-        self.sums = ckpt["sums"].clone()
         self.prev_weights = {k: v.clone() for k, v in ckpt["prev_weights"].items()}
-        delta = ckpt.get("attack_delta")
-        self.attack.delta = None if delta is None else delta.to(self.device)
         self.prev_probe = ckpt.get("prev_probe")
         if not keep_records:
             self.history, self.events, self.times = ckpt["history"], ckpt["events"], st["times"]
@@ -960,8 +1084,10 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False, until_ep
             run.bar.update(run.step)
 
     def save():
-        if path is not None and dist.main:
-            save_checkpoint(path, run.state_dict())
+        if path is not None:
+            ckpt = run.state_dict()  # every rank: its RNG, sums and delta are gathered
+            if dist.main:
+                save_checkpoint(path, ckpt)
 
     guard = cfg.early_stop or bool(cfg.rollback_qs)
     good = _snapshot(run) if guard else None
@@ -977,12 +1103,11 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False, until_ep
             if run.passes_done < cfg.passes:
                 save()
             continue
-        acc = run.guard_accuracy(run._to_device(first[0]), first[1].to(dev))
-        if cfg.early_stop and cfg.early_stop_rule == "best":
-            run.keep_if_best(acc)
+        if cfg.early_stop and cfg.early_stop_rule == "best":  # checked at each history record
             if run.passes_done < cfg.passes:
                 save()
             continue
+        acc = run.guard_accuracy(run._to_device(first[0]), first[1].to(dev))
         prev = run.prev_probe_acc
         if prev is None or acc >= prev - COLLAPSE_DROP:
             run.prev_probe_acc = acc

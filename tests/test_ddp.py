@@ -19,9 +19,9 @@ ARGS = ["--dataset", "mnist", "--model", "mnist_net", "--n-train", "400", "--n-e
         "--eval-pgd-steps", "3", "--no-progress"]
 
 
-def _run(prefix, runs_dir):
+def _run(prefix, runs_dir, args=ARGS):
     env = dict(os.environ, FATLIB_RUNS_DIR=str(runs_dir), OMP_NUM_THREADS="1")
-    out = subprocess.run([*prefix, "-m", "fatlib", "train", *ARGS], cwd=REPO, env=env,
+    out = subprocess.run([*prefix, "-m", "fatlib", "train", *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return out
@@ -49,3 +49,23 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     h1, h2 = (json.loads((f / "history.json").read_text()) for f in (one, two))
     assert abs(h1[-1]["train_loss"] - h2[-1]["train_loss"]) < 1e-3
     assert TrainConfig.from_dict(json.loads((two / "config.json").read_text())).n_train == 400
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
+    """Each rank keeps its own RNG stream and sums in the checkpoint: random-start FGSM noise
+    after a resume is what the uninterrupted run draws."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to the interpreter")
+    two = [str(torchrun), "--standalone", "--nproc_per_node=2"]
+    random_start = [a if a != "zero" else "random" for a in ARGS] + ["--eval-every", "3"]
+    _run(two, tmp_path / "whole", random_start)
+    _run(two, tmp_path / "resumed", random_start + ["--until-epoch", "1"])
+    _run(two, tmp_path / "resumed", random_start)
+    whole, resumed = (next(p for p in (tmp_path / d).iterdir() if p.is_dir()) for d in ("whole", "resumed"))
+    w1, w2 = (T.load_checkpoint(f / T.CHECKPOINT)["model"] for f in (whole, resumed))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    h1, h2 = (json.loads((f / "history.json").read_text()) for f in (whole, resumed))
+    strip = lambda h: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in h]
+    assert strip(h1) == strip(h2)

@@ -64,10 +64,91 @@ def test_mnist_net_loads_a_plain_sequential_checkpoint_without_conversion():
 
 def test_single_layer_cnn_has_n_3x3_filters_and_a_linear_layer():
     model = models.build("cnn1", "cifar10", n_filters=4)
-    conv, linear = model.net.conv, model.net.linear
+    conv, linear = model.conv, model.linear
     assert (conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (4, (3, 3), (1, 1), (1, 1))
     assert linear.in_features == 4 * 32 * 32
-    assert len(list(model.net.children())) == 2
+    assert len(list(model.children())) == 2
+
+
+def test_single_layer_cnn_is_the_authors_no_normalisation_he_normal_zero_bias():
+    model = models.build("cnn1", "cifar10", n_filters=64)
+    assert not any(isinstance(m, models.Normalize) for m in model.modules())
+    assert not model.conv.bias.any() and not model.linear.bias.any()
+    # He normal: conv std sqrt(2 / (3 * 3 * out_channels)), linear std sqrt(2 / in_features)
+    conv_std, lin_std = model.conv.weight.std().item(), model.linear.weight.std().item()
+    assert abs(conv_std / math.sqrt(2 / (9 * 64)) - 1) < 0.1
+    assert abs(lin_std / math.sqrt(2 / model.linear.in_features) - 1) < 0.02
+    assert abs(model.conv.weight.mean().item()) < 0.2 * conv_std
+    x = torch.rand(2, 3, 32, 32)  # pixels go straight into the convolution
+    assert torch.allclose(model.conv(x), torch.nn.functional.conv2d(x, model.conv.weight, padding=1))
+
+
+class _LocuslabBlock(nn.Module):
+    """wong2020's / andriushchenko2020's PreActBlock, as their preact_resnet.py writes it."""
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(x) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class _KuangliuBlock(_LocuslabBlock):
+    """kuangliu's PreActBlock (golgooni2021's code): the shortcut takes relu(bn1(x))."""
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+@pytest.mark.parametrize("shortcut,authors", [("input", _LocuslabBlock), ("preact", _KuangliuBlock)])
+def test_preact_block_computes_each_authors_function(shortcut, authors):
+    ours, theirs = models.PreActBlock(16, 32, 2, shortcut), authors(16, 32, 2)
+    for module in theirs.modules():  # non-trivial BatchNorm statistics and affine parameters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.5, 0.5)
+    models.load_weights(ours, theirs.state_dict())  # same keys, strict
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_the_two_shortcuts_differ_and_input_is_the_default():
+    net = models.build("preact_resnet18", "cifar10").net
+    assert all(b.shortcut_from == "input" for b in net.modules() if isinstance(b, models.PreActBlock))
+    other = models.build("preact_resnet18", "cifar10", shortcut="preact").eval()
+    default = models.build("preact_resnet18", "cifar10").eval()
+    models.load_weights(default, other.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(default(x), other(x), atol=1e-4)
+    with pytest.raises(ValueError, match="shortcut must be one of"):
+        models.build("preact_resnet18", "cifar10", shortcut="output")
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_preact_resnet18_base_width_scales_every_stage(width):
+    net = models.build("preact_resnet18", "cifar10", base_width=width).net
+    assert net.conv1.out_channels == width and net.linear.in_features == 8 * width
+    assert net.layer3[0].conv1.out_channels == 4 * width
+    full = sum(p.numel() for p in models.build("preact_resnet18", "cifar10").parameters())
+    ratio = full / sum(p.numel() for p in net.parameters())
+    assert 0.8 * (64 / width) ** 2 < ratio < 1.2 * (64 / width) ** 2  # parameters ~ width^2
 
 
 def test_big_models_have_the_expected_size():

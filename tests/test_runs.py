@@ -9,10 +9,24 @@ from fatlib import runs
 from fatlib.train import TrainConfig
 
 
+CLEAN = "0" * 40  # a clean commit, so that save_record works while fatlib/ is being edited
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setattr(runs, "_git_commit", lambda: CLEAN)
+
+
+@pytest.mark.parametrize("commit,message", [(CLEAN + runs.UNCOMMITTED, "commit them first"),
+                                            (None, "not a git checkout")])
+def test_save_record_refuses_code_that_is_not_committed(monkeypatch, commit, message):
+    run = runs.load_or_train(tiny())
+    monkeypatch.setattr(runs, "_git_commit", lambda: commit)
+    with pytest.raises(RuntimeError, match=message):
+        runs.save_record(run, "dirty")
+    assert not (runs.records_dir() / "dirty").exists()
 
 
 def tiny(**kw) -> TrainConfig:
@@ -148,6 +162,36 @@ def test_cli_train_flags_accept_fractions_and_paper_names():
     cfg = _config_from_args(args)
     assert cfg.eps == 8 / 255 and cfg.fgsm_init == "zero" and cfg.model_kw == {"n_filters": 4}
     assert cfg.augment is False and cfg.n_train is None and cfg.lr_drops == (10.0, 15.0)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--alpha", "10"], "pixel units"), (["--method", "pgd", "--pgd-alpha-train", "2"], "pixel units"),
+    (["--config", "README.md"], "is not a TrainConfig JSON file"),
+    (["--config", "data/records"], "cannot read it"),
+    (["--config", "_toc.yml"], "is not a TrainConfig JSON file"),
+])
+def test_cli_train_rejects_bad_input_with_a_clear_message(flags, message, capsys, monkeypatch):
+    from fatlib.__main__ import main
+    monkeypatch.chdir(runs.REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "mnist", "--model", "cnn1", "--print-config", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_train_reports_a_json_that_is_not_a_config(tmp_path, capsys):
+    from fatlib.__main__ import main
+    for text, message in (("[1, 2]", "holds a list"), ('{"lr": 0.1}', "unknown TrainConfig fields")):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(SystemExit):
+            main(["train", "--config", str(tmp_path / "c.json"), "--print-config"])
+        assert message in capsys.readouterr().err
+
+
+def test_cli_eval_rejects_a_step_in_255_units(capsys):
+    from fatlib.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["eval", "--record", "x", "--pgd-alpha", "2"])
+    assert "pixel units" in capsys.readouterr().err
 
 
 @pytest.mark.slow

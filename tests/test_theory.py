@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fatlib import theory
+from fatlib import models, theory
 from fatlib.attacks import fgsm
 from fatlib.models import build
 from fatlib.threat import ThreatModel
@@ -82,9 +82,9 @@ def test_lemma2_model_matches_assumptions_and_is_aligned_at_small_eps():
 
     g = torch.Generator().manual_seed(0)
     model = theory.lemma2_model(8, "cifar10", generator=g)
-    assert float(model.net.conv.bias.detach().abs().max()) == 0
+    assert float(model.conv.bias.detach().abs().max()) == 0
     x = torch.rand(8, 3, 32, 32, generator=g)
-    assert torch.equal(model.normalize(x), x)
+    assert not any(isinstance(m, models.Normalize) for m in model.modules())
     y = torch.randint(0, 10, (8,), generator=g)
     torch.manual_seed(0)
     assert gradient_alignment(model, x, y, 0.1 / 255) > 0.99
@@ -144,14 +144,14 @@ def test_pixel_filters_reproduce_the_models_feature_maps(cnn1):
 def test_filter_norms_and_zero_filters(cnn1):
     norms = theory.filter_norms(cnn1)
     assert norms["filter"].shape == (4,) and norms["outgoing"].shape == (4,)
-    assert torch.allclose(norms["outgoing"].square().sum(), cnn1.net.linear.weight.square().sum())
-    before = cnn1.net.conv.weight.clone()
+    assert torch.allclose(norms["outgoing"].square().sum(), cnn1.linear.weight.square().sum())
+    before = cnn1.conv.weight.clone()
     zeroed = theory.zero_filters(cnn1, 2)
-    assert torch.equal(cnn1.net.conv.weight, before)               # original untouched
+    assert torch.equal(cnn1.conv.weight, before)               # original untouched
     assert float(theory.filter_norms(zeroed)["filter"][2]) == 0
     x = torch.rand(2, 3, 32, 32)
     maps = theory.preactivations(zeroed, x)
-    assert torch.allclose(maps[:, 2], cnn1.net.conv.bias[2].expand(2, 32, 32))
+    assert torch.allclose(maps[:, 2], cnn1.conv.bias[2].expand(2, 32, 32))
     with pytest.raises(ValueError, match="filter indices"):
         theory.zero_filters(cnn1, [4])
 
@@ -190,8 +190,8 @@ def test_collapse_point():
 def test_noise_gain_is_larger_for_a_high_frequency_filter(cnn1):
     x = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 32), 5, 1, 2)  # smooth images
     with torch.no_grad():
-        cnn1.net.conv.weight[0] = 1.0                                        # smooth filter
-        cnn1.net.conv.weight[1] = torch.tensor(theory.LAPLACE_KERNELS["8"])  # Laplace filter
+        cnn1.conv.weight[0] = 1.0                                        # smooth filter
+        cnn1.conv.weight[1] = torch.tensor(theory.LAPLACE_KERNELS["8"])  # Laplace filter
     gain = theory.noise_gain(cnn1, x, 8 / 255, generator=torch.Generator().manual_seed(0))
     assert gain.shape == (4,)
     assert float(gain[1]) > 3 * float(gain[0])

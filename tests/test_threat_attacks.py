@@ -410,10 +410,22 @@ def test_grad_align_is_a_differentiable_penalty_that_leaves_the_model_unchanged(
         model.zero_grad(set_to_none=True)
     finally:
         model.eval()
+    inside = 0.2 + 0.6 * x  # x + eta stays in [0, 1]: the metric's clipping is inactive
     torch.manual_seed(0)
-    value = float(regularizers.grad_align(model, x, y, 0.1, create_graph=False))
+    value = float(regularizers.grad_align(model, inside, y, 0.1, create_graph=False))
     torch.manual_seed(0)
-    assert metrics.gradient_alignment(model, x, y, 0.1) == pytest.approx(1 - value, abs=1e-6)
+    assert metrics.gradient_alignment(model, inside, y, 0.1) == pytest.approx(1 - value, abs=1e-6)
+
+
+def test_gradient_alignment_clips_the_noisy_point_to_the_image_box(mnist_model):
+    model, x, y = mnist_model
+    torch.manual_seed(0)
+    eta = (2 * torch.rand_like(x) - 1) * 0.3
+    g1, _ = attacks.input_gradient(model, x, y, torch.zeros_like(x))
+    g2, _ = attacks.input_gradient(model, x, y, (x + eta).clamp(0, 1) - x)
+    expected = metrics.cosine(g1.double(), g2.double()).mean().item()
+    torch.manual_seed(0)
+    assert metrics.gradient_alignment(model, x, y, 0.3) == pytest.approx(expected, abs=1e-6)
 
 
 def test_grad_align_can_reuse_the_fgsm_gradient_at_x(mnist_model):
@@ -426,7 +438,7 @@ def test_grad_align_can_reuse_the_fgsm_gradient_at_x(mnist_model):
     assert torch.equal(shared, regularizers.grad_align(model, x, y, 0.1, create_graph=False))
 
 
-def test_gradient_alignment_is_one_for_a_linear_model_and_skips_zero_gradients():
+def test_gradient_alignment_is_one_for_a_linear_model_and_for_zero_gradients():
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(144, 2)).eval()
     x, y = random_images(16, num_classes=2)
@@ -436,6 +448,8 @@ def test_gradient_alignment_is_one_for_a_linear_model_and_skips_zero_gradients()
     constant = nn.Sequential(nn.Flatten(), nn.Linear(144, 3))
     nn.init.zeros_(constant[1].weight)
     assert float(regularizers.grad_align(constant, x, y, 0.1)) == 0.0
+    # the authors' metric: a zero gradient (a dead network) counts as cosine 1, not nan
+    assert metrics.gradient_alignment(constant, x, y, 0.1) == 1.0
 
 
 def test_cosine_norms_and_sign_disagreement():

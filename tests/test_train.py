@@ -48,12 +48,50 @@ def test_config_json_round_trip_and_hash():
 
 
 def test_derived_values():
-    assert tiny(method="fgsm").alpha_value == pytest.approx(0.1)
+    assert tiny(method="fgsm", fgsm_init="zero").alpha_value == pytest.approx(0.1)
     assert tiny(method="zerograd").alpha_value == pytest.approx(0.2)
     assert tiny(method="l2fast", norm="l2", eps=1.0).alpha_value == pytest.approx(1.5)
     assert tiny(method="pgd", pgd_steps=4).alpha_value == pytest.approx(0.05)
     free = tiny(method="free", free_m=4, epochs=10)
     assert (free.replays, free.passes) == (4, 3)
+
+
+def test_defaults_are_the_papers_settings():
+    fgsm_rs, ga = tiny(method="fgsm"), tiny(method="gradalign")
+    assert fgsm_rs.fgsm_init == "random" and fgsm_rs.alpha_value == pytest.approx(1.25 * 0.1)  # wong2020
+    assert ga.fgsm_init == "zero" and ga.alpha_value == pytest.approx(0.1)  # andriushchenko2020
+    assert tiny(method="gradalign", fgsm_init="random").alpha_value == pytest.approx(0.125)
+    assert tiny(method="pgd", pgd_steps=2).alpha_value == pytest.approx(0.05)  # PGD-2: eps / 2
+    assert tiny(method="pgd", pgd_steps=10).alpha_value == pytest.approx(0.02)  # PGD-10: eps / 5
+    assert TrainConfig.from_json(ga.to_json()) == ga and json.loads(ga.to_json())["fgsm_init"] == "zero"
+
+
+@pytest.mark.parametrize("method,eps_warm,alpha_warm,expect", [
+    ("pgd", 2.0, 0.0, [(0.025, 0.02), (0.05, 0.02), (0.1, 0.02)]),      # absolute PGD step
+    ("fgsm", 2.0, 0.0, [(0.025, 0.03125), (0.05, 0.0625), (0.1, 0.125)]),  # alpha / eps fixed
+    ("fgsm", 0.0, 2.0, [(0.1, 0.03125), (0.1, 0.0625), (0.1, 0.125)]),     # multiplier warm-up
+    ("fgsm", 2.0, 2.0, [(0.025, 0.03125), (0.05, 0.0625), (0.1, 0.125)]),  # linear, not t^2
+])
+def test_warmups_follow_the_authors(method, eps_warm, alpha_warm, expect):
+    cfg = tiny(method=method, epochs=4, eps_warmup_epochs=eps_warm, alpha_warmup_epochs=alpha_warm)
+    got = [T.attack_schedule(cfg, step, steps_per_epoch=2) for step in (0, 1, 3)]  # 4 warm-up steps
+    assert got == [pytest.approx(e) for e in expect]
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(alpha=10), "pixel units"), (dict(method="pgd", pgd_alpha=2.0), "pixel units"),
+    (dict(final_pgd_alpha=0.0), "must be > 0"), (dict(alpha=float("nan")), "must be > 0"),
+])
+def test_step_sizes_outside_the_pixel_range_are_rejected(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**changes)
+
+
+def test_a_step_above_four_eps_warns_but_is_allowed():
+    with pytest.warns(UserWarning, match="times eps"):
+        cfg = tiny(alpha=0.5)
+    assert cfg.alpha_value == 0.5
+    assert tiny(method="l2fast", norm="l2", eps=2.0, alpha=3.0).alpha_value == 3.0  # l2: > 1 is fine
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -149,6 +187,21 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
     assert T.resolve_precision("auto", cpu) == "bf16"
 
 
+def test_free_delta_is_not_updated_on_a_step_the_grad_scaler_skips():
+    method = T.make_method(tiny(method="free"))
+    x = torch.rand(4, 1, 28, 28)
+    state = T.AttackState(T.ThreatModel("linf", 0.1), 0.1, 0.35)
+    method.on_delta_grad(state, x, torch.zeros_like(x), torch.ones_like(x))
+    kept = state.delta.clone()
+    assert kept.abs().max() > 0
+    overflow = torch.ones_like(x)
+    overflow[0, 0, 0, 0] = float("inf")  # fp16 overflow: GradScaler skips this optimizer step
+    method.on_delta_grad(state, x, kept, -overflow)
+    assert torch.equal(state.delta, kept)
+    method.on_delta_grad(state, x, kept, -torch.ones_like(x))
+    assert not torch.equal(state.delta, kept)
+
+
 def test_free_replays_each_minibatch_m_times():
     result = train(tiny(method="free", free_m=3, epochs=3, eval_every=1))
     assert result.steps_run == 2 * 3  # 2 minibatches x 3 replays, ceil(3 / 3) = 1 pass
@@ -177,7 +230,7 @@ def test_same_seed_same_numbers():
 def _scripted_guard(monkeypatch, accuracies):
     """Make the PGD-5 guard return the given accuracies, one per epoch."""
     seq = iter(accuracies)
-    monkeypatch.setattr(T._Run, "guard_accuracy", lambda self, x, y: next(seq))
+    monkeypatch.setattr(T._Run, "guard_accuracy", lambda self, x, y, steps=5: next(seq))
 
 
 def test_early_stop_restores_the_last_good_epoch(monkeypatch):
@@ -194,13 +247,27 @@ def test_early_stop_restores_the_last_good_epoch(monkeypatch):
 def test_best_rule_trains_to_the_end_and_keeps_the_best_guard_epoch(monkeypatch, tmp_path):
     cfg = tiny(epochs=3, early_stop=True, early_stop_rule="best")
     at_epoch_2 = weights(train(cfg, max_steps=4).model)  # same data order
-    _scripted_guard(monkeypatch, [40.0, 60.0, 10.0])
+    _scripted_guard(monkeypatch, [0.0, 40.0, 60.0, 10.0])  # one per record: start, epochs 1-3
     part = train(cfg, tmp_path, until_epoch=2)  # the kept weights survive a checkpoint
     result = train(cfg, tmp_path)
     assert result.complete and not result.metrics["stopped_early"] and part.steps_run + result.steps_run == 6
     assert [e["event"] for e in result.events] == ["best_kept"]
     assert result.events[0]["epoch"] == 2 and result.events[0]["guard_pgd_acc"] == 60.0
     assert all(torch.equal(at_epoch_2[k], v) for k, v in weights(result.model).items())
+
+
+def test_best_rule_checks_pgd10_on_fixed_unaugmented_training_images(monkeypatch):
+    from fatlib import data
+    seen = []
+    monkeypatch.setattr(T._Run, "guard_accuracy",
+                        lambda self, x, y, steps=5: seen.append((x.clone(), y.clone(), steps)) or 50.0)
+    cfg = tiny(epochs=2, eval_every=1, early_stop=True, early_stop_rule="best", augment=True)
+    result = train(cfg)
+    images, labels = data.load("mnist", "train", n=64)
+    assert len(seen) == len(result.history) == 5  # every record: iteration 0 and 4 steps
+    for x, y, steps in seen:
+        assert steps == 10 and torch.equal(x, data.to_float(images)) and torch.equal(y, labels)
+    assert all(r["guard_pgd_acc"] == 50.0 for r in result.history)
 
 
 def test_a_late_field_at_its_default_leaves_the_hash_unchanged():
