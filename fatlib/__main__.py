@@ -1,9 +1,10 @@
-"""Command line: ``python -m fatlib train|eval|bench|book ...``.
+"""Command line: ``python -m fatlib train|eval|records|bench|book ...``.
 
     python -m fatlib train --dataset mnist --model mnist_net --method fgsm --delta-init random \\
         --epsilon 0.3 --alpha 0.375 --optimizer adam --lr-max 5e-3 --epochs 10 --batch-size 100
     python -m fatlib eval --run runs/<hash> --epsilon 0.1 0.3 --attacks clean pgd
     torchrun --nproc_per_node=2 -m fatlib train ...      (DDP: gloo on CPU, nccl on CUDA)
+    python -m fatlib records status                      (the record queue; `records run`)
 
 Every TrainConfig field is a flag (``--lr-max`` for lr_max); eps, alpha and step sizes are
 in pixel units and accept fractions (``--epsilon 8/255``). Names from the papers' scripts
@@ -209,6 +210,68 @@ def cmd_eval(argv) -> int:
     return 0
 
 
+RECORDS_EPILOG = """\
+records run makes records only from committed code: it refuses (exit code 2) while fatlib/
+has uncommitted changes. To go on developing while the queue runs, run it from a separate
+checkout of a commit:
+
+    git worktree add ../fatlib-queue HEAD
+    cd ../fatlib-queue && python -m fatlib records run --budget 600
+
+Its runs/ and data/records/ are that checkout's own (commit the new records there, or copy
+data/records/<name>/ back). A stopped or killed run resumes from its last epoch on the next
+`records run`; progress is logged to runs/record_queue.log ($FATLIB_RUNS_DIR)."""
+
+
+def cmd_records(argv) -> int:
+    """The record queue (data/record_queue.json): the book's longer runs, made in the background.
+
+    status: one line per entry (done with its commit, in progress at epoch k of n, not started,
+    or waiting for native bf16) with an estimate of the hours it still needs on this machine,
+    and the total. run: trains the entries not done, in order, one epoch at a time, resuming
+    each from its last epoch checkpoint, stops before the budget runs out, and saves each
+    finished run as data/records/<name>.
+    """
+    import inspect
+
+    parser = argparse.ArgumentParser(prog="python -m fatlib records",
+                                     description=inspect.cleandoc(cmd_records.__doc__),
+                                     epilog=RECORDS_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="status|run")
+    status = sub.add_parser("status", help="where each entry stands, and the hours left")
+    status.add_argument("--measure", action="store_true",
+                        help="time a few steps here for entries nothing else estimates (slow)")
+    run = sub.add_parser("run", help="make the missing records", epilog=RECORDS_EPILOG,
+                         description="Train the queue's missing records, in order, one epoch at "
+                                     "a time (resuming), within --budget; save each as a record.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--budget", type=float, metavar="MINUTES",
+                     help="stop cleanly before this many minutes have passed (default: no limit)")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="work only on these records")
+    for p in (status, run):
+        p.add_argument("--queue", metavar="FILE", help="the queue file (default data/record_queue.json)")
+    args = parser.parse_args(argv)
+    from fatlib import runs
+
+    try:
+        if args.action == "status":
+            print(runs.format_status(runs.queue_status(args.queue, measure=args.measure)))
+            return 0
+        runs.committed_code()
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        hint = ("\nTo go on developing meanwhile, run the queue from a separate `git worktree` "
+                "checkout (python -m fatlib records run --help).") if isinstance(e, RuntimeError) else ""
+        print(f"python -m fatlib records {args.action}: {e}{hint}", file=sys.stderr)
+        return 2
+    try:
+        runs.run_queue(args.queue, budget_minutes=args.budget, only=args.only)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"python -m fatlib records run: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _delegate(module: str):
     def run(argv) -> int:
         import importlib
@@ -217,7 +280,8 @@ def _delegate(module: str):
     return run
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": _delegate("bench"), "book": _delegate("book")}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "records": cmd_records, "bench": _delegate("bench"),
+            "book": _delegate("book")}
 
 
 def main(argv=None) -> int:

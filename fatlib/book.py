@@ -163,8 +163,18 @@ class RunCard:
         return "Run card\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in self.rows)
 
 
+def _sanity_rows(checks) -> list:
+    """Card rows for a sanity report: a summary, then one row per check (name, verdict, finding)."""
+    checks = list(checks)
+    failed = [c.name for c in checks if not c.passed]
+    rows = [("sanity checks", f"{len(checks) - len(failed)} of {len(checks)} passed"
+             + (f"; failed: {', '.join(failed)}" if failed else ""))]
+    return rows + [(f"sanity: {c.name}", f"{'passed' if c.passed else 'FAILED'}: "
+                    f"{_shorten(c.message, 200)}") for c in checks]
+
+
 def run_card(params: Params, *, data=(), sizes: dict | None = None, device=None,
-             notes: str | None = None) -> RunCard:
+             notes: str | None = None, sanity=None) -> RunCard:
     """The run card every chapter shows after loading its data.
 
     Args:
@@ -173,6 +183,9 @@ def run_card(params: Params, *, data=(), sizes: dict | None = None, device=None,
         sizes: what -> how many, e.g. {"test images (accuracy vs eps)": 500}.
         device: torch device the chapter computes on (default: CPU, or CUDA if available).
         notes: one more line (e.g. where trained models come from).
+        sanity: optional sanity report, a list of ``fatlib.sanity.Check`` (e.g. from
+            ``fatlib.sanity.run_cheap``): shown as a summary row and one row per check
+            (name, passed or FAILED, what it found, shortened to 200 characters).
     Returns:
         RunCard, displayed as a table in notebooks and as text in a terminal.
     """
@@ -197,6 +210,8 @@ def run_card(params: Params, *, data=(), sizes: dict | None = None, device=None,
                           f"torch {torch.__version__}, python {sys.version.split()[0]}")]
     if notes:
         rows.append(("notes", notes))
+    if sanity is not None:
+        rows += _sanity_rows(sanity)
     return RunCard(rows)
 
 

@@ -1,5 +1,9 @@
 """Robustness evaluation: per-example correctness under clean, FGSM, PGD-K-R and AutoAttack.
 
+AutoAttack is the reference implementation of Croce & Hein (PyPI ``pyautoattack``):
+``run_autoattack`` returns its perturbations with its log and its flags, ``autoattack``
+only the perturbations (an attack for ``evaluate``); ``square`` is its Square Attack alone.
+
 Every function returns per-example boolean tensors, so worst cases over attacks are an
 AND (``clean & pgd & autoattack``) and ``accuracy`` turns them into percentages.
 Evaluation always runs the model in eval mode and fp32 (autocast off), and restores the
@@ -11,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import sys
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -124,38 +131,209 @@ def attack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: A
     return out
 
 
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+_REFERENCE_NORMS = {"linf": "Linf", "l2": "L2"}
+_REFERENCE_LOGGER = "auto-attack"
+
+
+@dataclass
+class AutoAttackResult:
+    """One run of the reference AutoAttack: perturbations, correctness, its log and its flags.
+
+    Args:
+        delta: perturbations, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].
+        correct: bool [B] (CPU): model(x + delta) classifies example i correctly (re-scored).
+        log: every line the reference logged (version and attacks, clean accuracy, robust
+            accuracy after each attack, final perturbation norms), in order.
+        flags: the lines it logged as warnings, without repeats: its ``checks`` module (a
+            randomised defence, softmax outputs, a dynamic defence, too many target classes,
+            points with zero gradient, Square more successful than the gradient attacks).
+        version: 'standard', 'plus' or 'rand'.
+        seed: the seed given to the reference (it seeds torch with it before each attack).
+    """
+
+    delta: torch.Tensor
+    correct: torch.Tensor
+    log: list
+    flags: list
+    version: str
+    seed: int
+
+
+class _Records(logging.Handler):
+    """A logging handler that keeps every record it receives."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _captured_log(name: str):
+    """Capture every record of logger ``name`` (DEBUG and up) without passing it to the root."""
+    logger, handler = logging.getLogger(name), _Records()
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+@contextlib.contextmanager
+def _reference_run(model: nn.Module, x: torch.Tensor):
+    """Eval mode and fp32; model state and torch's RNG restored; the reference's log captured.
+
+    The reference seeds torch's global RNG before each attack: forking it leaves the caller's
+    stream untouched. Its dynamic-defence check counts calls in global counters that are
+    never reset: they are zeroed first, so one model's flag does not carry over to the next;
+    it also traces a forward with ``sys.settrace`` and then clears the trace function, so a
+    tracer already set (coverage, a debugger) is put back.
+    """
+    from pyautoattack import checks
+
+    checks.funcs.update(dict.fromkeys(checks.funcs, 0))
+    devices = [x.device.index or 0] if x.is_cuda else []
+    tracer = sys.gettrace()
+    try:
+        with evaluation_mode(model), attacks.preserved_state(model), \
+                torch.random.fork_rng(devices=devices), \
+                _captured_log(_REFERENCE_LOGGER) as records:
+            yield records
+    finally:
+        sys.settrace(tracer)
+
+
+def _reference_autoattack(model: nn.Module, x: torch.Tensor, threat: ThreatModel, version: str,
+                          seed: int):
+    from pyautoattack import AutoAttack
+
+    if version not in AUTOATTACK_VERSIONS:
+        raise ValueError(f"AutoAttack version must be one of {AUTOATTACK_VERSIONS}, got {version!r}")
+    return AutoAttack(model, norm=_REFERENCE_NORMS[threat.norm], eps=threat.eps,
+                      version=version, seed=seed, device=x.device)
+
+
+def _warnings(records) -> list:
+    return list(dict.fromkeys(r.getMessage() for r in records if r.levelno >= logging.WARNING))
+
+
+def _seed(seed: int | None) -> int:
+    return int(torch.randint(0, 2**31 - 1, ())) if seed is None else int(seed)
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                   version: str = "standard", seed: int | None = None,
+                   batch_size: int = 250) -> AutoAttackResult:
+    """The reference AutoAttack (PyPI ``pyautoattack``), with its log and its flags.
+
+    Implements: Croce & Hein 2020; version='standard' is APGD-CE (100 iterations, no
+    restarts), APGD-T (9 target classes), FAB-T (9 target classes) and Square (5,000
+    queries), each run on the examples the previous ones did not break; 'rand' is APGD-CE
+    and APGD-DLR with EOT over 20 draws (for randomised defences); 'plus' adds restarts and
+    the untargeted versions. Used by golgooni2021 Table 5. Runs in eval mode and fp32; the
+    model's mode, its buffers and torch's global RNG are the same afterwards.
+    Args:
+        model: classifier returning logits; inputs in [0, 1] (normalisation inside).
+        x: images in [0, 1] (or uint8), [B, C, H, W].
+        y: labels, int64 [B].
+        threat: ThreatModel; 'linf' -> norm='Linf', 'l2' -> norm='L2'; eps in pixel units.
+        version: 'standard', 'plus' or 'rand'.
+        seed: the reference's seed; default drawn from torch's global RNG (deterministic
+            given torch.manual_seed). The same seed gives the same result.
+        batch_size: examples per attack call inside the reference.
+    Returns:
+        AutoAttackResult (delta, correct, log, flags, version, seed).
+    """
+    x, seed = as_float_images(x), _seed(seed)
+    with _reference_run(model, x) as records:
+        adversary = _reference_autoattack(model, x, threat, version, seed)
+        x_adv, _ = adversary.run_standard_evaluation(x, y.to(x.device), batch_size=batch_size)
+    delta = threat.project(x_adv.detach() - x, x)
+    return AutoAttackResult(delta, predict_correct(model, x, y, delta),
+                            [r.getMessage() for r in records], _warnings(records), version, seed)
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
-               seed: int | None = None) -> torch.Tensor:
-    """AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) via torchattacks, as a delta.
+               seed: int | None = None, version: str = "standard") -> torch.Tensor:
+    """The reference AutoAttack as an attack: ``run_autoattack(...).delta``.
 
-    Implements: Croce & Hein 2020, used by golgooni2021 Table 5; torchattacks expects
-    inputs in [0, 1] and a model that normalises, which fatlib models do.
+    Implements: Croce & Hein 2020 (see ``run_autoattack``, which also returns the log and
+    the flags); this form plugs into ``evaluate(..., attacks=("autoattack",))``.
     Args:
-        model: classifier returning logits (torchattacks puts it in eval mode).
-        x: images in [0, 1], [B, C, H, W].
-        y: labels, int64 [B].
-        threat: ThreatModel; 'linf' -> norm='Linf', 'l2' -> norm='L2'.
-        seed: AutoAttack's seed; default drawn from torch's global RNG (deterministic
-            given torch.manual_seed).
+        model, x, y, threat, seed, version: as in ``run_autoattack``.
     Returns:
         delta, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].
     """
-    import torchattacks
+    return run_autoattack(model, x, y, threat, version=version, seed=seed).delta
 
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()))
-    norm = {"linf": "Linf", "l2": "L2"}[threat.norm]
-    attack = torchattacks.AutoAttack(model, norm=norm, eps=threat.eps, version="standard",
-                                     n_classes=_num_classes(model, x), seed=seed)
-    # torchattacks re-seeds torch's global RNG; fork it so the caller's stream is untouched.
-    devices = [x.device.index or 0] if x.is_cuda else []
-    with attacks.preserved_state(model), torch.random.fork_rng(devices=devices):
-        x_adv = attack(x, y)
+
+def autoattack_preflight(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         threat: ThreatModel, *, version: str = "standard") -> list:
+    """The reference AutoAttack's checks that need no attack, run alone (a few forwards).
+
+    Implements: the checks ``run_standard_evaluation`` runs before attacking (pyautoattack's
+    ``checks``: randomised outputs over 5 forwards, except for version='rand'; outputs that
+    are probabilities; a forward that calls autograd (dynamic defence); more target classes
+    than the model has). The checks that need the attacks (zero gradients, Square's success)
+    come with ``run_autoattack``.
+    Args:
+        model: classifier returning logits (eval mode and fp32 inside; state restored).
+        x: images in [0, 1] (or uint8), [B, C, H, W].
+        y: labels, int64 [B].
+        threat: ThreatModel of the evaluation.
+        version: 'standard', 'plus' or 'rand'.
+    Returns:
+        list of the reference's warning lines (empty: nothing flagged).
+    """
+    from pyautoattack import checks
+
+    x = as_float_images(x)
+    with _reference_run(model, x) as records:
+        adversary = _reference_autoattack(model, x, threat, version, seed=0)
+        log = adversary.logger
+        if version != "rand":
+            checks.check_randomized(adversary.get_logits, x, y.to(x.device), bs=len(x), logger=log)
+        n_classes = checks.check_range_output(adversary.get_logits, x, logger=log)
+        checks.check_dynamic(model, x, False, logger=log)
+        checks.check_n_classes(n_classes, adversary.attacks_to_run,
+                               adversary.apgd_targeted.n_target_classes,
+                               adversary.fab.n_target_classes, logger=log)
+    return _warnings(records)
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+           queries: int = 5000, seed: int | None = None) -> torch.Tensor:
+    """The reference Square Attack alone: a black-box attack that only queries the model's outputs.
+
+    Implements: Andriushchenko et al. 2020 (Square Attack), with AutoAttack's settings
+    (margin loss, p_init 0.8, one restart); eval mode and fp32, model state and torch's RNG
+    restored.
+    Args:
+        model: classifier returning logits.
+        x: images in [0, 1] (or uint8), [B, C, H, W].
+        y: labels, int64 [B].
+        threat: ThreatModel ('linf' or 'l2', eps in pixel units).
+        queries: queries per example (AutoAttack: 5,000).
+        seed: the reference's seed; default drawn from torch's global RNG.
+    Returns:
+        delta, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].
+    """
+    from pyautoattack.square import SquareAttack
+
+    x, seed = as_float_images(x), _seed(seed)
+    with _reference_run(model, x):
+        adversary = SquareAttack(model, p_init=0.8, n_queries=int(queries), eps=threat.eps,
+                                 norm=_REFERENCE_NORMS[threat.norm], n_restarts=1, seed=seed,
+                                 verbose=False, device=x.device, resc_schedule=False)
+        x_adv = adversary.perturb(x, y.to(x.device))
     return threat.project(x_adv.detach() - x, x)
 
 

@@ -135,6 +135,12 @@ class ImageNetConfig:
     batches of smaller images first) are our reconstruction; the paper gives none.
     The learning rate is ``lr_scale * schedules.imagenet_three_phase(epoch)``; weight decay
     spares batch-norm weights and biases, as in the paper's DAWNBench improvements.
+    The schedule's rates (peak 0.4) are for batches of hundreds of images: scale lr_scale
+    down with the batch size (linear scaling: batch / 512), and further on tiny crops, where
+    ResNet-50's last stages see 1x1 maps and their train-mode batch norm over a few images
+    makes the gradients explode at initialisation (norm ~1e6 at 16 px and batch 4, ~250 at
+    128 px and batch 32). A run whose loss or weights become nan/inf raises
+    ``fatlib.train.NonFiniteLoss`` and keeps its last good epoch checkpoint.
     """
 
     root: str
@@ -182,6 +188,9 @@ def train_imagenet(cfg: ImageNetConfig, run_dir=None, *, until_epoch: int | None
         until_epoch: stop after this many epochs (a later call goes on).
     Returns:
         ImageNetResult; the model is left in eval mode.
+    Raises:
+        fatlib.train.NonFiniteLoss: the loss or the weights became nan/inf; the checkpoint of
+        the last good epoch is kept.
     """
     device = train.resolve_device(cfg.device)
     folder = ImageFolder(cfg.root, "train")
@@ -229,8 +238,9 @@ def _train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, 
     model.train()
     loss_sum = correct = seen = 0.0
     for i in range(steps):
+        lr = cfg.lr_scale * schedules.imagenet_three_phase(epoch + i / steps)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr_scale * schedules.imagenet_three_phase(epoch + i / steps)
+            group["lr"] = lr
         idx = order[i * batch:(i + 1) * batch]
         x = data.to_float(folder.load(idx, size, train_crop=True, generator=g)).to(device)
         y = folder.labels[idx].to(device)
@@ -238,6 +248,8 @@ def _train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, 
             delta = attacks.fgsm(model, x, y, threat, alpha=alpha, init="random")
             logits = model(x + delta)
             loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss.detach()):
+            raise _diverged(f"training loss is {loss.item()} at iteration {i + 1} of {steps}", epoch, lr)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -245,8 +257,25 @@ def _train_epoch(model, opt, scaler, folder, cfg, epoch, threat, alpha, device, 
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(idx)
+    if not _finite(model):
+        raise _diverged("the weights became nan or inf after its last update", epoch, lr)
     return {"epoch": epoch + 1, "image_size": size, "batch_size": batch, "steps": steps,
             "train_loss": loss_sum / seen, "train_adv_acc": 100 * correct / seen}
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer (batch-norm statistics too) is finite."""
+    return all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _diverged(what: str, epoch: int, lr: float) -> train.NonFiniteLoss:
+    """The error of a run that diverged in 0-based ``epoch``: what happened, where, what to do."""
+    kept = f"the last good epoch ({epoch})" if epoch else "no epoch yet"
+    return train.NonFiniteLoss(
+        f"{what} in epoch {epoch + 1} (lr {lr:.4g}); the run stopped and its epoch checkpoint "
+        f"(if run_dir is set) holds {kept}. Lower lr_scale (the "
+        f"schedule's rates are for batches of hundreds: scale it with the batch size) or use "
+        f"precision='fp32', and train in a new run_dir (a changed config does not resume this one).")
 
 
 def evaluate_folder(model: nn.Module, folder: ImageFolder, *, size: int, eps: float, n: int | None = None,

@@ -9,6 +9,10 @@ A record is a finished run kept in the repository with its provenance, so the bo
 show it without re-training (``data/records/<name>/``)::
 
     config.json  history.json  metrics.json  provenance.json  [weights.pt if < 5 MB]
+
+The record queue (``data/record_queue.json``, ``python -m fatlib records status|run``) lists
+the records the book needs that take long to make; ``run_queue`` trains the missing ones epoch
+by epoch (resumable), within a time budget, and saves each as a record from committed code.
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fatlib
-from fatlib import models
-from fatlib.train import CHECKPOINT, TrainConfig, load_model, native_bf16_cpu, train
+from fatlib import data, models
+from fatlib.train import (CHECKPOINT, NonFiniteLoss, TrainConfig, load_checkpoint, load_model,
+                          native_bf16_cpu, resolve_device, train)
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_FILES = ("config.json", "history.json", "metrics.json")
@@ -305,6 +313,58 @@ def load_record(name: str, *, root=None) -> Record:
                   _read_json(folder / "provenance.json"), folder)
 
 
+def sanity_report(item: "Run | Record") -> list | None:
+    """The cheap sanity checks of a finished run or record, as fatlib.sanity.Check objects.
+
+    Taken from its final metrics (``fatlib.train.final_evaluation`` stores them); a run or
+    record made before that computes them here on its model and the first SANITY_N test
+    images, at its threat model.
+    Returns:
+        list of Check, or None for a record that keeps no weights and stored no checks.
+    """
+    from fatlib import sanity
+    from fatlib.train import SANITY_N, sanity_checks
+
+    stored = (item.metrics or {}).get("sanity")
+    if stored is None:
+        if isinstance(item, Record) and not (item.path / "weights.pt").exists():
+            return None
+        model = item.model() if isinstance(item, Record) else item.model
+        images, labels = data.load(item.config.dataset, "test", n=SANITY_N)
+        stored = sanity_checks(model, item.config, images, labels, device="cpu")
+    return [sanity.Check(**c) for c in stored]
+
+
+def sanity_summary(items) -> list:
+    """One Check per sanity check over several runs or records: passed only if it passed on all.
+
+    For a page's run card (``fatlib.book.run_card(..., sanity=sanity_summary(runs))``): the
+    message says on how many it passed and, for a failure, on which (record name or run
+    hash) and what was found there.
+    """
+    from fatlib import sanity
+
+    reports = {_label(it): sanity_report(it) for it in items}
+    missing = sorted(k for k, v in reports.items() if v is None)
+    found = {k: v for k, v in reports.items() if v is not None}
+    out = []
+    for name in dict.fromkeys(c.name for checks in found.values() for c in checks):
+        failed = {k: c for k, checks in found.items() for c in checks if c.name == name and not c.passed}
+        message = f"passed on {len(found) - len(failed)} of {len(found)}"
+        if failed:
+            first = next(iter(failed))
+            message += f"; failed on {', '.join(failed)} ({first}: {failed[first].message})"
+        out.append(sanity.Check(name, not failed, message))
+    if missing:
+        out.append(sanity.Check("sanity_available", False,
+                                f"no weights kept, no stored checks: {', '.join(missing)}"))
+    return out
+
+
+def _label(item) -> str:
+    return item.name if isinstance(item, Record) else f"run {item.config.hash()}"
+
+
 @dataclass
 class Verification:
     """Outcome of verify_record: ok, and what disagreed."""
@@ -370,3 +430,431 @@ def verify_record(name: str, *, root=None, device: str = "cpu") -> Verification:
                            f"re-run {new.get(key)!r}")
     return Verification(name, not bad, bad, compared)
 
+
+
+# ----------------------------------------------------------------------------- the record queue
+#
+# data/record_queue.json: a JSON list, in priority order, of
+#   {"name": record name, "config": TrainConfig dict | "recipe": data/configs/<name>.json stem,
+#    "notes": provenance notes, "needs": optional "native_bf16" (paper-scale runs)}.
+# `python -m fatlib records status` shows where each entry stands; `records run` makes the
+# missing records (run_queue). A run folder the queue trains holds queue.json (the commit that
+# started it); progress is logged to runs_dir()/record_queue.log.
+
+QUEUE_NEEDS = ("native_bf16",)
+QUEUE_MARK = "queue.json"
+QUEUE_LOG = "record_queue.log"
+CLEAN_COMMIT = re.compile(r"[0-9a-f]{40}")
+ROBUST_GUESS = 0.5  # cost model: share of test images a PGD restart after the first still attacks
+
+
+def queue_file() -> Path:
+    """<repo>/data/record_queue.json: the book's record queue."""
+    return REPO / "data" / "record_queue.json"
+
+
+@dataclass
+class QueueEntry:
+    """One record of the queue: its name, config, provenance notes and what it needs to run."""
+
+    name: str
+    config: TrainConfig
+    notes: str = ""
+    needs: str | None = None
+
+
+def load_queue(path=None) -> list[QueueEntry]:
+    """The entries of a record queue file, in priority order, every config validated.
+
+    Args:
+        path: the queue JSON file (default queue_file()).
+    Raises:
+        ValueError: not a list, an entry with unknown keys, with no or both of config/recipe,
+            with an invalid TrainConfig or record name, or a name used twice.
+    """
+    path = Path(path or queue_file())
+    items = _read_json(path)
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: a record queue is a JSON list of entries, not {type(items).__name__}")
+    entries = [_queue_entry(item, f"{path} entry {i}") for i, item in enumerate(items)]
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path}: record names used twice: {twice}")
+    return entries
+
+
+def _queue_entry(item, where: str) -> QueueEntry:
+    """One queue item (a dict) as a QueueEntry, or a ValueError that names it."""
+    keys = {"name", "config", "recipe", "notes", "needs"}
+    if not isinstance(item, dict) or "name" not in item or set(item) - keys:
+        raise ValueError(f"{where}: an entry is an object with 'name', 'config' or 'recipe', and "
+                         f"optional 'notes' and 'needs'; got {str(item)[:200]}")
+    name = item["name"]
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise ValueError(f"{where}: record name must be letters, digits, '_', '-' or '.'; got {name!r}")
+    if ("config" in item) == ("recipe" in item):
+        raise ValueError(f"{where} ({name}): give exactly one of 'config' and 'recipe'")
+    if item.get("needs") not in (None, *QUEUE_NEEDS):
+        raise ValueError(f"{where} ({name}): needs must be one of {QUEUE_NEEDS}; got {item['needs']!r}")
+    try:
+        config = recipe(item["recipe"]) if "recipe" in item else TrainConfig.from_dict(item["config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where} ({name}): {e}") from None
+    return QueueEntry(name, config, item.get("notes", ""), item.get("needs"))
+
+
+def _record_state(entry: QueueEntry) -> tuple[str | None, str | None]:
+    """('done', commit) for a record of this config from a clean commit; ('differs', hash) for a
+    record of another config; (None, commit or None) when there is none or its commit is not clean."""
+    folder = records_dir() / entry.name
+    if not (folder / "provenance.json").exists():
+        return None, None
+    try:
+        config = TrainConfig.from_dict(_read_json(folder / "config.json"))
+    except (ValueError, TypeError, OSError):
+        return "differs", "unreadable config.json"
+    if config != entry.config:
+        return "differs", config.hash()
+    commit = _read_json(folder / "provenance.json").get("git_commit") or ""
+    return ("done" if CLEAN_COMMIT.fullmatch(commit) else None), commit
+
+
+def _checkpoint_state(path: Path) -> dict:
+    """The training state of a run folder's checkpoint (passes_done, step, times, ...); {} if none."""
+    try:
+        return load_checkpoint(Path(path) / CHECKPOINT)["state"]
+    except FileNotFoundError:
+        return {}
+
+
+def _can_run_here(entry: QueueEntry) -> bool:
+    """Whether this machine may run the entry: 'native_bf16' needs a CPU with it or a GPU."""
+    if entry.needs != "native_bf16":
+        return True
+    return native_bf16_cpu() or resolve_device(entry.config.device).type == "cuda"
+
+
+def _started_by(path: Path) -> str | None:
+    """The commit that started a run folder under the queue (its queue.json), if any."""
+    mark = Path(path) / QUEUE_MARK
+    return _read_json(mark).get("commit") if mark.exists() else None
+
+
+# --- estimates of the time left
+
+def _record_times(entry: QueueEntry) -> dict | None:
+    """Seconds per pass (training + history evaluation) and of the final evaluation, from the
+    provenance of an existing record of this name (e.g. an older one being re-made), and its CPU."""
+    path = records_dir() / entry.name / "provenance.json"
+    if not path.exists():
+        return None
+    prov = _read_json(path)
+    wall = prov.get("wall_time_s") or {}
+    if wall.get("train") is None:
+        return None
+    per_pass = (wall["train"] + (wall.get("history_eval") or 0.0)) / entry.config.passes
+    return {"pass_s": per_pass, "final_s": wall.get("final_eval") or 0.0,
+            "cpu": (prov.get("machine") or {}).get("cpu")}
+
+
+def measure_costs(config: TrainConfig, steps: int = 2) -> dict:
+    """Seconds of one training step and of one evaluation image-gradient of `config`, timed here.
+
+    Training: fatlib.train.train on a copy of the config with (steps + 1) minibatches and no
+    test evaluation, stopped after 1 (once to warm up, once timed) and after 1 + steps
+    optimizer steps; the difference over `steps` is one step (set-up and the slower first step
+    cancel). Evaluation: three fp32 forward-backward passes of 64 test images in eval mode
+    (after one untimed), per image: the unit of the cost of FGSM and PGD evaluation.
+    Wall-clock times: on a machine shared with other jobs they include the sharing, as the
+    queue's runs will.
+    Returns:
+        {"step_s": seconds per optimizer step, "image_grad_s": seconds per image-gradient}.
+    """
+    probe = config.replace(n_train=(steps + 1) * config.batch_size, n_eval=0, final_n_eval=0,
+                           early_stop=False, rollback_qs=())
+
+    def wall(k: int) -> float:
+        t0 = time.perf_counter()
+        train(probe, None, max_steps=k)
+        return time.perf_counter() - t0
+
+    wall(1)  # warm-up: first data load, kernel selection
+    step_s = max(wall(1 + steps) - wall(1), 0.0) / steps
+    model = models.build(config.model, config.dataset, **config.model_kw).eval()
+    images, labels = data.load(config.dataset, "test", n=64)
+    x = data.to_float(images).requires_grad_(True)
+    torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+    return {"step_s": step_s, "image_grad_s": (time.perf_counter() - t0) / (3 * len(labels))}
+
+
+def cost_model_seconds(config: TrainConfig, costs: dict, passes_done: int = 0) -> float:
+    """Seconds left for a run from measured unit costs (measure_costs): an upper-bound model.
+
+    passes left x (steps per pass x step_s + history records per pass x n_eval x (2 +
+    eval_pgd_steps x eval_pgd_restarts) x image_grad_s) + final_n_eval x (2 + final_pgd_steps x
+    (1 + (final_pgd_restarts - 1) x ROBUST_GUESS)) x image_grad_s: clean and FGSM cost one
+    image-gradient each, a PGD step one; PGD stops early on misclassified images, which the
+    model ignores except for the final restarts (taken to attack half the images).
+    """
+    c = config
+    n_train = min(c.n_train or math.inf, data.DATASETS[c.dataset].split_sizes[0])
+    steps_per_pass = math.ceil(n_train / c.batch_size) * c.replays
+    records_per_pass = 1 if not c.eval_every else steps_per_pass / c.eval_every
+    history = records_per_pass * c.n_eval * (2 + c.eval_pgd_steps * c.eval_pgd_restarts)
+    final = c.final_n_eval * (2 + c.final_pgd_steps * (1 + (c.final_pgd_restarts - 1) * ROBUST_GUESS))
+    left = max(c.passes - passes_done, 0)
+    return left * (steps_per_pass * costs["step_s"] + history * costs["image_grad_s"]) + \
+        final * costs["image_grad_s"]
+
+
+def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
+                     measure: bool = False) -> tuple[float | None, str]:
+    """Seconds left to make an entry's record on this machine, and how that was estimated.
+
+    In order: (1) a checkpoint in the run folder (state: its training state): its own timers'
+    seconds per pass (attacks, updates, history evaluation) times the passes left, plus the
+    final evaluation's time of (2) when there is one; (2) an existing record of that name (an
+    older one being re-made): its provenance wall times (train + history_eval per pass, and
+    final_eval), not scaled, with its CPU named when it is not this machine's; (3) with measure,
+    cost_model_seconds of measure_costs timed here. Else (None, 'unknown').
+    Returns:
+        (seconds or None, a few words on the basis).
+    """
+    passes, state = entry.config.passes, state or {}
+    done, rec = state.get("passes_done", 0), _record_times(entry)
+    final = rec["final_s"] if rec else 0.0
+    if done:
+        per_pass = sum(state["times"].values()) / done
+        extra = "" if rec or not entry.config.final_n_eval else ", final evaluation not included"
+        return per_pass * (passes - done) + final, f"checkpoint timers{extra}"
+    if rec:
+        other = "" if rec["cpu"] == machine()["cpu"] else f" made on {rec['cpu']}"
+        return rec["pass_s"] * passes + final, f"old record's wall time{other}"
+    if measure:
+        return cost_model_seconds(entry.config, measure_costs(entry.config)), "measured step cost"
+    return None, "unknown"
+
+
+# --- status
+
+@dataclass
+class QueueStatus:
+    """Where one queue entry stands, and an estimate of the time it still needs here."""
+
+    entry: QueueEntry
+    state: str                  # done | differs | trained | in progress | not started |
+                                # waiting for native bf16
+    passes_done: int = 0
+    commit: str | None = None   # done: the record's commit; else the commit that started the run
+    seconds_left: float | None = None
+    basis: str = ""             # how seconds_left was estimated
+
+    def line(self) -> str:
+        """One line: name, state (with the commit or the epoch), estimated hours and basis."""
+        passes = self.entry.config.passes
+        what = {"done": f"done (commit {(self.commit or '')[:10]})",
+                "differs": f"differs: record holds config {self.commit}",
+                "trained": "trained, record not saved yet",
+                "in progress": f"in progress at epoch {self.passes_done} of {passes}"}.get(
+                    self.state, self.state)
+        if self.state == "waiting for native bf16" and self.passes_done:
+            what += f" (at epoch {self.passes_done} of {passes})"
+        hours = ("unknown" if self.seconds_left is None else "0 h" if not self.seconds_left
+                 else f"~{self.seconds_left / 3600:.2f} h")
+        basis = f" ({self.basis})" if self.basis not in ("", "unknown") and self.seconds_left else ""
+        return f"{self.entry.name:<46} {what:<42} {hours}{basis}"
+
+
+def entry_status(entry: QueueEntry, *, measure: bool = False) -> QueueStatus:
+    """The QueueStatus of one entry: its record (done / differs), else its run folder's checkpoint
+    (trained / in progress / not started; 'waiting for native bf16' where it cannot run here).
+
+    A run folder that `records run` would start over (see _claim_run_folder) is estimated
+    from the start.
+    Args:
+        entry: a QueueEntry (load_queue).
+        measure: time the config's steps here when nothing else gives an estimate (slow).
+    """
+    rec_state, rec_info = _record_state(entry)
+    if rec_state is not None:
+        return QueueStatus(entry, rec_state, entry.config.passes, rec_info, 0.0)
+    path = run_path(entry.config)
+    state = _checkpoint_state(path)
+    done, started = state.get("passes_done", 0), _started_by(path)
+    if is_complete(path):
+        return QueueStatus(entry, "trained", done, started, 0.0, "saved by the next run")
+    kind = "in progress" if done else "not started"
+    if not _can_run_here(entry):
+        kind = "waiting for native bf16"
+    restarts = done and started != (_git_commit() or "").removesuffix(UNCOMMITTED)
+    seconds, basis = estimate_seconds(entry, {} if restarts else state, measure=measure)
+    if restarts:
+        basis += "; its run folder is not from the queue at this commit: `records run` restarts it"
+    return QueueStatus(entry, kind, done, started, seconds, basis)
+
+
+def queue_status(path=None, *, measure: bool = False) -> list[QueueStatus]:
+    """entry_status of every entry of a queue file (default queue_file()), in its order."""
+    return [entry_status(e, measure=measure) for e in load_queue(path)]
+
+
+def format_status(statuses: list[QueueStatus]) -> str:
+    """The status lines, numbered, and a total: entries left and their estimated hours here
+    (entries waiting for native bf16 are counted apart: they do not run on this machine)."""
+    lines = [f"{i:>3} {s.line()}" for i, s in enumerate(statuses, 1)]
+    left = [s for s in statuses if s.state not in ("done", "differs", "waiting for native bf16")]
+    known = [s.seconds_left for s in left if s.seconds_left is not None]
+    waiting = sum(s.state == "waiting for native bf16" for s in statuses)
+    unknown = len(left) - len(known)
+    lines.append(f"left: {len(left)} of {len(statuses)} entries, ~{sum(known) / 3600:.2f} h on this "
+                 f"machine" + (f" (+ {unknown} not estimated: `records status --measure`)" if unknown
+                               else "") + (f"; {waiting} waiting for native bf16" if waiting else ""))
+    return "\n".join(lines)
+
+
+# --- run
+
+def _log(message: str) -> None:
+    """Print a queue progress line (UTC time first) and append it to runs_dir()/record_queue.log."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    line = f"{now:%Y-%m-%d %H:%M:%S}Z {message}"
+    print(line, flush=True)
+    with open(_ensure_runs_dir() / QUEUE_LOG, "a") as f:
+        f.write(line + "\n")
+
+
+def _claim_run_folder(entry: QueueEntry, commit: str) -> Path:
+    """The run folder of an entry, started by the queue at `commit` (its queue.json).
+
+    A folder that the queue did not start, or started from another commit, is moved aside to
+    runs_dir()/<hash>.moved-<UTC time>/ (nothing is deleted) and training starts over, so that
+    every epoch of a record comes from the commit its provenance names.
+    """
+    path = run_path(entry.config)
+    if path.exists() and _started_by(path) != commit:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.moved-{stamp}")
+        os.replace(path, aside)
+        _log(f"{entry.name}: run folder {path} was not started by the queue at commit {commit[:10]}; "
+             f"moved to {aside.name}, training starts over")
+    if not (path / QUEUE_MARK).exists():
+        _write_json(path / QUEUE_MARK, {"commit": commit, "record": entry.name,
+                                        "started_utc": datetime.datetime.now(
+                                            datetime.timezone.utc).isoformat(timespec="seconds")})
+    return path
+
+
+def _epoch_guess(entry: QueueEntry, state: dict) -> tuple[float | None, float]:
+    """(seconds of the next epoch, seconds of the final evaluation) before any epoch ran in this
+    call: the checkpoint's timers per pass, else an existing record's wall times (estimate_seconds)."""
+    rec = _record_times(entry)
+    final = rec["final_s"] if rec else 0.0
+    if state.get("passes_done"):
+        return sum(state["times"].values()) / state["passes_done"], final
+    return (rec["pass_s"] if rec else None), final
+
+
+def _train_epochs(entry: QueueEntry, path: Path, deadline: float | None) -> int:
+    """Train an entry one epoch (pass) at a time with load_or_train(until_epoch) until its run is
+    complete or the next epoch would end after `deadline` (time.monotonic()); returns epochs run.
+
+    The next epoch is expected to take as long as the last one of this call (before the first:
+    _epoch_guess; the last epoch adds the final evaluation's time where a record gives it); an
+    epoch with no estimate at all is started.
+    """
+    cfg, trained = entry.config, 0
+    state = _checkpoint_state(path)
+    epoch_s, final_s = _epoch_guess(entry, state)
+    while not is_complete(path):
+        done = state.get("passes_done", 0)
+        need = None if epoch_s is None else epoch_s + final_s * (done + 1 >= cfg.passes)
+        if deadline is not None and need is not None and time.monotonic() + need > deadline:
+            _log(f"{entry.name}: stopping before epoch {done + 1} of {cfg.passes}: it needs "
+                 f"~{need / 60:.1f} min, {max(deadline - time.monotonic(), 0) / 60:.1f} min of the "
+                 f"budget are left")
+            break
+        resuming = " (resuming)" if done and not trained else ""
+        _log(f"{entry.name}: epoch {done + 1} of {cfg.passes}{resuming}")
+        t0 = time.monotonic()
+        run = load_or_train(cfg, until_epoch=done + 1)
+        epoch_s, trained = time.monotonic() - t0, trained + 1
+        new = _checkpoint_state(path)
+        if (new.get("step"), new.get("q_index")) == (state.get("step"), state.get("q_index")):
+            raise RuntimeError(f"{entry.name}: an epoch of training made no progress (run {path})")
+        state = new
+        acc = run.history[-1].get("pgd_acc") if run.history else None
+        _log(f"{entry.name}: epoch {state['passes_done']} of {cfg.passes} done in {epoch_s:.1f} s"
+             + (f", PGD accuracy {acc:.1f}% on the history images" if acc is not None else ""))
+    return trained
+
+
+def _queue_one(entry: QueueEntry, commit: str, deadline: float | None) -> dict:
+    """Make one entry's record if it is missing and fits: {"name", "result", "epochs"}."""
+    out = {"name": entry.name, "epochs": 0}
+    rec_state, rec_info = _record_state(entry)
+    if rec_state == "done":
+        return {**out, "result": "done"}
+    if rec_state == "differs":
+        _log(f"{entry.name}: skipped: the record holds config {rec_info}, not the queue's "
+             f"{entry.config.hash()} (update the queue entry or remove the record)")
+        return {**out, "result": "skipped: record differs"}
+    if not _can_run_here(entry):
+        _log(f"{entry.name}: skipped: needs native bf16 (AVX-512-BF16 or AMX) or a GPU")
+        return {**out, "result": "skipped: needs native bf16"}
+    path = _claim_run_folder(entry, commit)
+    try:
+        out["epochs"] = _train_epochs(entry, path, deadline)
+    except NonFiniteLoss as e:
+        _log(f"{entry.name}: failed: {e}")
+        return {**out, "result": "failed: non-finite loss"}
+    if not is_complete(path):
+        return {**out, "result": "stopped at budget"}
+    rec = save_record(load_or_train(entry.config), entry.name, notes=entry.notes)
+    _log(f"{entry.name}: record saved in {rec.path} (commit {commit[:10]}; final PGD accuracy "
+         f"{rec.metrics.get('pgd_acc')}%)")
+    return {**out, "result": "recorded"}
+
+
+def run_queue(path=None, *, budget_minutes: float | None = None, only=None) -> list[dict]:
+    """Make the missing records of a queue, in its order, stopping cleanly before a time budget.
+
+    Each entry not done (see entry_status) is trained with load_or_train one epoch at a time
+    (until_epoch), so an interrupted queue, even by kill -9, resumes from the last epoch
+    checkpoint; when its run is complete it is saved with save_record(run, name, notes=notes).
+    Entries that need native bf16 are skipped on a CPU without it (and without a GPU); entries
+    whose record holds another config are skipped. The queue stops at the first epoch that
+    would not end within the budget. Progress goes to stdout and runs_dir()/record_queue.log.
+    Args:
+        path: the queue file (default queue_file()).
+        budget_minutes: wall-clock budget of this call (None: no limit).
+        only: record names to work on (others are left alone), in the queue's order.
+    Returns:
+        one dict per entry looked at: name, result (done / recorded / stopped at budget /
+        skipped: ... / failed: ...), epochs (trained by this call).
+    Raises:
+        RuntimeError: fatlib/ has uncommitted changes (committed_code), before anything runs.
+        ValueError: a name in `only` is not in the queue.
+    """
+    commit = committed_code()
+    entries = load_queue(path)
+    unknown = sorted(set(only or ()) - {e.name for e in entries})
+    if unknown:
+        raise ValueError(f"not in the queue: {unknown}; its names: {[e.name for e in entries]}")
+    entries = [e for e in entries if not only or e.name in only]
+    deadline = None if budget_minutes is None else time.monotonic() + 60 * budget_minutes
+    _log(f"queue {Path(path or queue_file())}: {len(entries)} entries, commit {commit[:10]}, budget "
+         + ("none" if budget_minutes is None else f"{budget_minutes:g} min"))
+    results = []
+    for entry in entries:
+        results.append(_queue_one(entry, commit, deadline))
+        if results[-1]["result"] == "stopped at budget":
+            break
+    made = sum(r["result"] == "recorded" for r in results)
+    _log(f"queue: {made} records made, {sum(r['epochs'] for r in results)} epochs trained; "
+         + ("stopped at the budget" if results and results[-1]["result"] == "stopped at budget"
+            else "went through the queue"))
+    return results

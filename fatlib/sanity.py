@@ -1,24 +1,33 @@
 """Sanity checks of an evaluation: signs that an attack, a model or a pipeline is broken.
 
-Each check returns ``Check(name, passed, message)``; ``run_all`` runs them all on a
-small batch (about 100-200 examples). They follow the usual checklist for adversarial
-evaluations (Carlini et al. 2019, "On evaluating adversarial robustness"): stronger
-attacks are not weaker, accuracy falls with eps to chance, random noise is weaker than
-PGD, the model is deterministic, outputs logits, has non-zero input gradients; and
-fatlib's own contracts: attacks leave the model unchanged, perturbations are valid, and
-re-scoring the adversarial inputs agrees with what the attack reported.
+Each check returns ``Check(name, passed, message)``: what it found and what that means.
+``run_cheap`` runs the cheap ones (``CHEAP_CHECKS``: seconds on ~100 examples of a small
+model, for every final evaluation); ``run_all`` runs all of ``CHECKS`` (adds long PGD runs,
+Square, a transfer attack and a full AutoAttack). They follow the checklist for adversarial
+evaluations of Carlini et al. 2019, "On evaluating adversarial robustness": stronger
+attacks are not weaker, more steps change little, accuracy falls with eps to chance and to
+0 when the ball holds the whole box, random noise, black-box and transfer attacks are
+weaker than white-box PGD, autograd agrees with finite differences, the model is
+deterministic, outputs logits in fp32 with finite, non-zero input gradients and no batch
+statistics in eval mode; the reference AutoAttack's own flags (pyautoattack's ``checks``:
+``autoattack_preflight`` cheaply, ``autoattack_flags`` from a full run or from
+``autoattack_check(result)`` of an evaluation's run); and fatlib's own contracts: attacks
+leave the model unchanged, perturbations are valid, re-scoring agrees with the attack, and
+evaluation runs every module in eval mode.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fatlib import attacks
-from fatlib.evaluate import accuracy, evaluation_mode, predict_correct
+from fatlib import attacks, evaluate
+from fatlib.evaluate import accuracy, as_float_images, evaluation_mode, predict_correct
 from fatlib.threat import ThreatModel
 
 
@@ -68,9 +77,7 @@ def check_eps_monotone(model, x, y, threat, *, factors=(0.25, 0.5, 1.0, 2.0),
                        num_classes: int | None = None) -> Check:
     """PGD accuracy does not increase with eps and is near or below chance at a huge eps."""
     with evaluation_mode(model):
-        if num_classes is None:
-            with torch.no_grad():
-                num_classes = int(model(x[:1]).shape[1])
+        num_classes = num_classes or _num_classes(model, x)
         big = _large_eps(threat, x)
         radii = sorted({min(threat.eps * f, big) for f in factors} | {big})
         accs = [_pgd_accuracy(model, x, y, ThreatModel(threat.norm, e)) for e in radii]
@@ -211,21 +218,280 @@ def check_rescoring(model, x, y, threat) -> Check:
                  f"{int((reported != whole).sum())} examples disagree")
 
 
-CHECKS = (check_deterministic, check_logits, check_input_gradients, check_attack_purity,
-          check_perturbation_bounds, check_rescoring, check_attack_order, check_eps_monotone,
-          check_more_iterations, check_noise_weaker)
+def check_clean_accuracy(model, x, y, threat=None, *, num_classes: int | None = None) -> Check:
+    """Clean accuracy is above chance (else labels, preprocessing or the model are wrong)."""
+    with evaluation_mode(model):
+        clean = accuracy(predict_correct(model, x, y))
+        chance = 100.0 / (num_classes or _num_classes(model, x))
+    tol = slack(len(y))
+    return Check("clean_accuracy", clean > chance + tol,
+                 f"clean accuracy {clean:.1f}% vs chance {chance:.1f}% (must exceed it by "
+                 f"{tol:.1f} points): robust accuracy means nothing for a model at chance")
 
 
-def run_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> list:
-    """Run every sanity check on a small batch.
+def check_eval_mode(model, x=None, y=None, threat=None) -> Check:
+    """Evaluation puts every module in eval mode (a module stuck in train mode is refused)."""
+    before = [m.training for m in model.modules()]
+    with evaluation_mode(model):
+        stuck = [name or type(m).__name__ for name, m in model.named_modules() if m.training]
+    restored = [m.training for m in model.modules()] == before
+    names = ", ".join(stuck[:4]) + (f" and {len(stuck) - 4} more" if len(stuck) > 4 else "")
+    found = (f"{len(stuck)} modules still in train mode during evaluation ({names}): "
+             "train-mode numbers would be reported" if stuck
+             else "every module in eval mode during evaluation")
+    return Check("eval_mode", not stuck and restored,
+                 f"{found}; mode restored afterwards: {restored}")
+
+
+def check_batch_independence(model, x, y=None, threat=None, *, n: int = 8) -> Check:
+    """An example's logits are the same alone as in the batch (no batch statistics in eval)."""
+    with evaluation_mode(model), torch.no_grad():
+        batch = model(x).float()[:n]
+        alone = torch.cat([model(x[i:i + 1]).float() for i in range(min(n, len(x)))])
+    diff = float((batch - alone).abs().max())
+    scale = float(batch.abs().max()) + 1e-12
+    return Check("batch_independence", diff <= 1e-4 * scale + 1e-5,
+                 f"max |logit difference| alone vs in a batch of {len(x)}: {diff:.3g} "
+                 f"(logits up to {scale:.3g}); a difference means batch statistics in eval mode "
+                 "(BatchNorm without running stats): train-mode evaluation")
+
+
+def check_fp32(model, x, y=None, threat=None) -> Check:
+    """Evaluation computes in fp32 even inside a caller's autocast (bf16 logits fail)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16), evaluation_mode(model), \
+            torch.no_grad():
+        dtype = model(x[:2]).dtype
+    return Check("fp32", dtype in (torch.float32, torch.float64),
+                 f"logits computed as {dtype} inside evaluation under a bf16 autocast; "
+                 "scores must be fp32 (the model must not cast itself down)")
+
+
+def check_finite_gradients(model, x, y, threat) -> Check:
+    """Logits and input gradients are finite at the images and at random points in the ball."""
+    bad = []
+    with evaluation_mode(model):
+        for where, delta in (("clean", torch.zeros_like(x)), ("noise", threat.random_init(x))):
+            grad, logits = attacks.input_gradient(model, x, y, delta)
+            for what, t in (("logits", logits), ("input gradient", grad)):
+                rows = int((~torch.isfinite(t.flatten(1)).all(1)).sum())
+                if rows:
+                    bad.append(f"{what} at {where}: {rows} examples not finite")
+    return Check("finite_gradients", not bad,
+                 "; ".join(bad) or "logits and input gradients finite at the images and "
+                 "at uniform noise in the ball (NaN/inf would silently break attacks)")
+
+
+def _per_example_loss(model, x, y) -> torch.Tensor:
+    return F.cross_entropy(model(x).double(), y, reduction="none")
+
+
+def _label_logit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.gather(1, y[:, None]).squeeze(1)
+
+
+def check_finite_differences(model, x, y, threat=None, *, n: int = 8, directions: int = 4,
+                             h: float = 1e-6, tol: float = 0.05) -> Check:
+    """Autograd's directional derivatives of the label's logit agree with finite differences.
+
+    Computed on an fp64 copy of the model, along random unit l2 directions, with central
+    differences. Shattered or masked gradients (a round/step function with a
+    straight-through or zero backward) disagree. The points are the images moved into
+    [0.01, 0.99] plus a little uniform noise, so that steps stay inside the box and flat
+    regions (MNIST's background) have no exact ties in max-pooling, where there is a kink.
+    """
+    model64 = copy.deepcopy(model).double()
+    x64 = (0.01 + 0.98 * x[:n]).double()
+    x64 = x64 + 0.01 * (torch.rand_like(x64) - 0.5)
+    y = y[:n]
+    with evaluation_mode(model64):
+        grad, _ = attacks.input_gradient(model64, x64, y, torch.zeros_like(x64),
+                                         loss_fn=lambda z, t: _label_logit(z, t).sum())
+        v = torch.randn((directions, *x64.shape), dtype=x64.dtype, device=x64.device)
+        v /= v.flatten(2).norm(dim=2).view(directions, -1, *[1] * (x64.dim() - 1))
+        auto = (grad * v).flatten(2).sum(2)
+        with torch.no_grad():
+            fd = torch.stack([(_label_logit(model64(x64 + h * d), y)
+                               - _label_logit(model64(x64 - h * d), y)) / (2 * h) for d in v])
+    ok = (auto - fd).abs() <= tol * torch.maximum(auto.abs(), fd.abs()) + 1e-6
+    agree, pairs = int(ok.sum()), ok.numel()
+    return Check("finite_differences", agree >= 0.9 * pairs,
+                 f"autograd and central finite differences (h={h:g}) of the label's logit agree "
+                 f"within {100 * tol:.0f}% on {agree} of {pairs} (example, direction) pairs (90% "
+                 "needed); disagreement means shattered or masked gradients")
+
+
+def check_attack_progress(model, x, y, threat, *, steps: int = 10,
+                          min_fraction: float = 0.9) -> Check:
+    """PGD raises the loss of (or breaks) nearly every correctly classified example."""
+    with evaluation_mode(model):
+        delta = attacks.pgd(model, x, y, threat, alpha=threat.eps / 4, steps=steps)
+        with torch.no_grad():
+            clean, adv = _per_example_loss(model, x, y), _per_example_loss(model, x + delta, y)
+        correct = predict_correct(model, x, y).to(x.device)
+        broken = ~predict_correct(model, x, y, delta).to(x.device)
+    progress = (broken | (adv > clean))[correct]
+    fraction = float(progress.float().mean()) if progress.numel() else 1.0
+    return Check("attack_progress", fraction >= min_fraction,
+                 f"PGD-{steps} broke or raised the loss of {100 * fraction:.1f}% of the "
+                 f"{progress.numel()} correctly classified examples (at least "
+                 f"{100 * min_fraction:.0f}% expected; else the attack is not following the loss)")
+
+
+def _box_eps(threat: ThreatModel, x: torch.Tensor) -> float:
+    """A radius whose ball around any image in [0, 1] holds the whole box."""
+    return 1.0 if threat.norm == "linf" else math.sqrt(x[0].numel())
+
+
+def check_unbounded_attack(model, x, y, threat, *, steps: int = 20) -> Check:
+    """PGD with a ball that holds the whole box breaks every example (accuracy ~0)."""
+    big = _box_eps(threat, x)
+    with evaluation_mode(model):
+        acc = _pgd_accuracy(model, x, y, ThreatModel(threat.norm, big), steps=steps)
+    tol = slack(len(y))
+    return Check("unbounded_attack", acc <= tol,
+                 f"PGD-{steps} at eps {big:.3g} (any image in [0, 1] reachable): {acc:.1f}% "
+                 f"correct, at most {tol:.1f}% expected; more means the attack is broken or "
+                 "the gradients are masked")
+
+
+def check_pgd_converged(model, x, y, threat, *, steps: int = 10, factor: int = 10) -> Check:
+    """PGD with ``factor`` times the steps lowers accuracy by at most ``slack`` (K is enough)."""
+    with evaluation_mode(model):
+        base = _pgd_accuracy(model, x, y, threat, steps=steps)
+        longer = _pgd_accuracy(model, x, y, threat, steps=factor * steps)
+    tol = slack(len(y))
+    return Check("pgd_converged", base <= longer + tol,
+                 f"PGD-{steps} {base:.1f}%, PGD-{factor * steps} {longer:.1f}% (at most "
+                 f"{tol:.1f} points lower expected; more means PGD-{steps} has not converged "
+                 "and under-reports the attack)")
+
+
+def check_square_vs_pgd(model, x, y, threat, *, queries: int = 1000, steps: int = 20) -> Check:
+    """Black-box Square (the reference's, few queries) is not stronger than white-box PGD."""
+    with evaluation_mode(model):
+        sq = accuracy(predict_correct(model, x, y, evaluate.square(model, x, y, threat,
+                                                                   queries=queries)))
+        pgd = _pgd_accuracy(model, x, y, threat, steps=steps)
+    tol = slack(len(y))
+    return Check("square_vs_pgd", sq >= pgd - tol,
+                 f"Square ({queries} queries) {sq:.1f}% >= PGD-{steps} {pgd:.1f}% expected "
+                 f"(slack {tol:.1f}); a stronger black-box attack means masked gradients")
+
+
+def distilled_surrogate(model: nn.Module, x: torch.Tensor, *, hidden: int = 256,
+                        steps: int = 300, copies: int = 4) -> nn.Module:
+    """A small MLP trained to predict the model's labels on x and noisy copies of it.
 
     Args:
-        model: classifier returning logits (its mode is restored afterwards).
-        x: images in [0, 1], [B, C, H, W] (about 100-200 examples).
+        model: the classifier to imitate (eval mode inside, state restored).
+        x: images in [0, 1], [B, C, H, W].
+        hidden: width of the MLP's hidden layer.
+        steps: full-batch Adam steps.
+        copies: noisy copies (Gaussian, std 0.1, clipped to [0, 1]) added to x.
+    Returns:
+        the MLP in eval mode (inputs in [0, 1], same shape as x).
+    """
+    inputs = torch.cat([x] + [(x + 0.1 * torch.randn_like(x)).clamp(0, 1) for _ in range(copies)])
+    with evaluation_mode(model), torch.no_grad():
+        labels = model(inputs).argmax(1)
+        classes = _num_classes(model, x)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), hidden), nn.ReLU(),
+                        nn.Linear(hidden, classes)).to(x.device)
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
+    with evaluation_mode(mlp):  # fp32 and gradients on; the MLP has no mode-dependent layer
+        for _ in range(steps):
+            loss = F.cross_entropy(mlp(inputs), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return mlp.eval()
+
+
+def check_transfer_weaker(model, x, y, threat, *, surrogate: nn.Module | None = None,
+                          steps: int = 20) -> Check:
+    """PGD crafted on a surrogate and transferred is not stronger than white-box PGD.
+
+    The default surrogate is ``distilled_surrogate(model, x)``; pass the undefended model
+    (e.g. without a non-differentiable preprocessing layer) when there is one.
+    """
+    surrogate = distilled_surrogate(model, x) if surrogate is None else surrogate
+    with evaluation_mode(model), evaluation_mode(surrogate):
+        delta = attacks.pgd(surrogate, x, y, threat, alpha=threat.eps / 4, steps=steps)
+        transfer = accuracy(predict_correct(model, x, y, delta))
+        white = _pgd_accuracy(model, x, y, threat, steps=steps)
+    tol = slack(len(y))
+    return Check("transfer_weaker", transfer >= white - tol,
+                 f"transferred from a surrogate {transfer:.1f}% >= white-box PGD-{steps} "
+                 f"{white:.1f}% expected (slack {tol:.1f}); a stronger transfer means masked gradients")
+
+
+def check_autoattack_preflight(model, x, y, threat) -> Check:
+    """The reference AutoAttack's own pre-attack checks raise no flag (cheap: a few forwards)."""
+    flags = evaluate.autoattack_preflight(model, x, y, threat)
+    return Check("autoattack_preflight", not flags,
+                 "; ".join(flags) or "pyautoattack's checks (randomness, softmax outputs, "
+                 "dynamic defence, number of classes) raised no flag")
+
+
+def autoattack_check(result: evaluate.AutoAttackResult) -> Check:
+    """A Check from the flags of an AutoAttack run (``evaluate.run_autoattack``).
+
+    Args:
+        result: the AutoAttackResult of the evaluation.
+    Returns:
+        Check 'autoattack_flags': passed if the reference raised no flag.
+    """
+    head = (f"AutoAttack ({result.version}, seed {result.seed}) robust accuracy "
+            f"{accuracy(result.correct):.1f}% on {len(result.correct)} examples")
+    return Check("autoattack_flags", not result.flags,
+                 f"{head}; flags: " + "; ".join(result.flags) if result.flags
+                 else f"{head}; the reference raised no flag (zero gradients, Square success, ...)")
+
+
+def check_autoattack_flags(model, x, y, threat) -> Check:
+    """Standard AutoAttack on the batch raises none of the reference's flags (heavy)."""
+    return autoattack_check(evaluate.run_autoattack(model, x, y, threat))
+
+
+def _num_classes(model, x) -> int:
+    with evaluation_mode(model), torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+CHEAP_CHECKS = (check_deterministic, check_logits, check_input_gradients, check_attack_purity,
+                check_perturbation_bounds, check_rescoring, check_attack_order, check_noise_weaker,
+                check_clean_accuracy, check_eval_mode, check_batch_independence, check_fp32,
+                check_finite_gradients, check_finite_differences, check_attack_progress,
+                check_unbounded_attack, check_autoattack_preflight)
+HEAVY_CHECKS = (check_eps_monotone, check_more_iterations, check_pgd_converged,
+                check_square_vs_pgd, check_transfer_weaker, check_autoattack_flags)
+CHECKS = CHEAP_CHECKS + HEAVY_CHECKS
+
+
+def run_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+            cheap_only: bool = False) -> list:
+    """Run every sanity check (or only the cheap ones) on a small batch.
+
+    Args:
+        model: classifier returning logits (its mode and buffers are restored afterwards).
+        x: images in [0, 1] (or uint8), [B, C, H, W] (about 100-200 examples).
         y: labels, int64 [B].
         threat: ThreatModel (norm, eps) of the evaluation.
+        cheap_only: run only ``CHEAP_CHECKS`` (seconds on ~100 images of a small model);
+            else ``CHECKS`` (adds Square, transfer, AutoAttack and long PGD runs).
     Returns:
-        list of Check, in the order of ``CHECKS``.
+        list of Check, in the order of ``CHEAP_CHECKS`` or ``CHECKS``.
     """
-    x = x.float()
-    return [check(model, x, y, threat) for check in CHECKS]
+    x = as_float_images(x)
+    return [check(model, x, y, threat) for check in (CHEAP_CHECKS if cheap_only else CHECKS)]
+
+
+def run_cheap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> list:
+    """The cheap sanity checks, for every final evaluation: ``run_all(..., cheap_only=True)``.
+
+    Args:
+        model, x, y, threat: as in ``run_all`` (about 100 examples).
+    Returns:
+        list of Check, in the order of ``CHEAP_CHECKS``.
+    """
+    return run_all(model, x, y, threat, cheap_only=True)

@@ -249,11 +249,12 @@ def _cnn1_parts(model: nn.Module):
 
 
 def pixel_filters(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The filters and biases of a cnn1 model acting on pixels in [0, 1] (Normalize folded in).
+    """The filters and biases of a cnn1 model acting on pixels in [0, 1].
 
-    Implements: andriushchenko2020 Fig. 5 (the learned filters). With Normalize((x - m) / s)
-    first, the filter seen by pixels is w / s and the bias b - <w / s, m> (exact away from
-    the zero-padded border).
+    Implements: andriushchenko2020 Fig. 5 (the learned filters). fatlib's cnn1, like the
+    authors', has no normalisation layer, so these are its own weights; a cnn1 wrapped as
+    nn.Sequential(normalize=Normalize((x - m) / s), net=...) has the filter w / s and the
+    bias b - <w / s, m> as seen by pixels (exact away from the zero-padded border).
     Args:
         model: a cnn1 model.
     Returns:

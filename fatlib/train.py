@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fatlib import attacks, data, evaluate, metrics, models, regularizers, schedules
+from fatlib import attacks, data, evaluate, metrics, models, regularizers, sanity, schedules
 from fatlib.threat import NORMS, ThreatModel
 
 METHODS = ("standard", "fgsm", "free", "pgd", "gradalign", "zerograd", "multigrad", "l2fast")
@@ -72,6 +72,7 @@ DEFAULT_FGSM_INIT = {"gradalign": "zero"}
 MAX_STEP_TO_EPS = 4.0  # a step size above 4 eps is legal but almost always a units mistake
 COLLAPSE_DROP = 20.0  # percentage points of PGD accuracy lost in one epoch (wong2020 App. B: 0.2)
 BEST_GUARD_N = 256    # 'best' rule: fixed training images checked (andriushchenko2020's code)
+SANITY_N = 100        # test images of the cheap sanity checks after every final evaluation
 
 
 # ----------------------------------------------------------------------------- config
@@ -1021,11 +1022,14 @@ def _snapshot(run: _Run) -> dict:
 
 
 def final_evaluation(model: nn.Module, cfg: TrainConfig, *, device=None, progress=False) -> dict:
-    """Clean / FGSM / PGD-K-R accuracy of a trained model on the first final_n_eval test images.
+    """Clean / FGSM / PGD-K-R accuracy of a trained model on the first final_n_eval test images,
+    and the cheap sanity checks of that evaluation.
 
-    Uses fatlib.evaluate.evaluate (eval mode, fp32) with the config's eps and final PGD settings.
+    Uses fatlib.evaluate.evaluate (eval mode, fp32) with the config's eps and final PGD
+    settings, then fatlib.sanity.run_cheap on the first SANITY_N of the same images.
     Returns:
-        dict with clean_acc, fgsm_acc, pgd_acc (percent), n, the attack description and source.
+        dict with clean_acc, fgsm_acc, pgd_acc (percent), n, the attack description, source,
+        and sanity (a list of {name, passed, message}).
     """
     device = device or next(model.parameters()).device
     images, labels, source = data.load_with_source(cfg.dataset, "test", n=cfg.final_n_eval)
@@ -1041,7 +1045,24 @@ def final_evaluation(model: nn.Module, cfg: TrainConfig, *, device=None, progres
                pgd_restarts=cfg.final_pgd_restarts, pgd_alpha=alpha, source=source,
                attack=f"PGD-{cfg.final_pgd_steps}-{cfg.final_pgd_restarts} (alpha {alpha:.4g})",
                seconds=time.perf_counter() - t0)
+    out["sanity"] = sanity_checks(model, cfg, images[:SANITY_N], labels[:SANITY_N], device)
     return out
+
+
+def sanity_checks(model: nn.Module, cfg: TrainConfig, images, labels, device=None) -> list:
+    """fatlib.sanity.run_cheap on test images at the config's threat model, as JSON-able dicts.
+
+    Args:
+        model: the trained model; cfg: its config; images, labels: uint8 test images [N, C, H, W]
+            and labels [N] (about SANITY_N); device: where to compute (default: the model's).
+    Returns:
+        list of {"name", "passed", "message"}, in the order of fatlib.sanity.CHEAP_CHECKS.
+    """
+    device = device or next(model.parameters()).device
+    with _seeded(cfg.seed, "sanity"):
+        checks = sanity.run_cheap(model, data.to_float(images).to(device), labels.to(device),
+                                  ThreatModel(cfg.norm, cfg.eps))
+    return [dataclasses.asdict(c) for c in checks]
 
 
 # ----------------------------------------------------------------------------- the loop

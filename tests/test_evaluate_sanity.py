@@ -1,4 +1,7 @@
-"""fatlib.evaluate (against torchattacks) and fatlib.sanity (on healthy and broken models)."""
+"""fatlib.evaluate (PGD against torchattacks) and fatlib.sanity (on healthy and broken models).
+
+AutoAttack is tested in test_autoattack.py, the checks added for issue 12 in test_sanity_checks.py.
+"""
 
 import functools
 
@@ -78,21 +81,6 @@ def test_pgd_agrees_with_torchattacks(mnist):
     assert abs(ours - theirs) <= 1.5, (ours, theirs)
 
 
-@pytest.mark.slow
-def test_autoattack_is_at_least_as_strong_as_pgd(mnist):
-    pytest.importorskip("torchattacks")
-    # AutoAttack's last stage (Square, 5,000 queries) runs on the examples that survive the
-    # others and costs a few ms per query on one core whatever their number, plus more per
-    # survivor: at eps = 0.12 on 250 examples only a few survive and the test stays ~10-20 s.
-    model, x, y = mnist
-    x, y = x[:250], y[:250]
-    torch.manual_seed(0)
-    res = evaluate.evaluate(model, x, y, ThreatModel("linf", 0.12), attacks=("pgd", "autoattack"),
-                            pgd_steps=20, pgd_restarts=1, batch_size=500)
-    pgd, aa = evaluate.accuracy(res["pgd"]), evaluate.accuracy(res["autoattack"])
-    assert aa <= pgd + 0.5, (aa, pgd)
-
-
 # --- sanity: a healthy model passes, broken ones are flagged ----------------------------------
 
 class NoisyInEval(nn.Module):
@@ -138,17 +126,30 @@ class ZeroInputGradient(nn.Module):
         return self.model(x.detach() if self.detach else _ZeroGrad.apply(x))
 
 
-def checks_by_name(model, x, y):
+def checks_by_name(model, x, y, cheap_only=True):
     torch.manual_seed(0)
-    return {c.name: c for c in sanity.run_all(model, x, y, THREAT)}
+    return {c.name: c for c in sanity.run_all(model, x, y, THREAT, cheap_only=cheap_only)}
 
 
-def test_sanity_passes_on_a_healthy_model(mnist):
+def _failed(checks):
+    return [f"{c.name}: {c.message}" for c in checks.values() if not c.passed]
+
+
+def test_cheap_sanity_checks_pass_on_a_healthy_model(mnist):
     model, x, y = mnist
     checks = checks_by_name(model, x[:100], y[:100])
-    assert len(checks) == len(sanity.CHECKS)
-    failed = [f"{c.name}: {c.message}" for c in checks.values() if not c.passed]
-    assert not failed, failed
+    assert len(checks) == len(sanity.CHEAP_CHECKS) and not _failed(checks), _failed(checks)
+    assert [c.name for c in sanity.run_cheap(model, x[:8], y[:8], THREAT)] == list(checks)
+    assert not model.training
+
+
+@pytest.mark.slow
+def test_every_sanity_check_passes_on_a_healthy_model(mnist):
+    model, x, y = mnist
+    # 30 images: the heavy checks include a full standard AutoAttack (~10-15 s here).
+    checks = checks_by_name(model, x[:30], y[:30], cheap_only=False)
+    assert len(checks) == len(sanity.CHECKS) >= 20 and not _failed(checks), _failed(checks)
+    assert set(sanity.CHEAP_CHECKS) < set(sanity.CHECKS)
     assert not model.training
 
 

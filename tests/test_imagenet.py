@@ -1,10 +1,13 @@
 """The ImageNet code path (fatlib.imagenet) on a tiny synthetic image folder."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from fatlib import imagenet
+from fatlib.train import NonFiniteLoss
 from fatlib.imagenet import ImageFolder, ImageNetConfig, evaluate_folder, train_imagenet
 
 
@@ -17,8 +20,17 @@ def folder(tmp_path_factory):
 
 
 def tiny(root, **kw) -> ImageNetConfig:
-    return ImageNetConfig(root=str(root), epochs=3, phases=((0, 16, 4), (1, 24, 4), (2, 32, 6)),
-                          eps=8 / 255, lr_scale=0.1, **kw)
+    """3 epochs of 16, 24 and 32 px crops in batches of 4-6, on the CPU in fp32 unless told otherwise.
+
+    lr_scale 0.001 (peak lr 4e-4): on 1x1 maps of 4-6 images ResNet-50's batch norm makes the
+    gradients explode (norm ~1e6 at initialisation); lr_scale 0.1 diverged (loss per epoch 5.8,
+    39, 5.5 in fp32 and 7.0, 34, 15 in bf16 on an AVX2 CPU; nan with native bf16).
+    """
+    return ImageNetConfig(**{"root": str(root), "epochs": 3, "phases": ((0, 16, 4), (1, 24, 4), (2, 32, 6)),
+                             "eps": 8 / 255, "lr_scale": 0.001, "precision": "fp32", "device": "cpu", **kw})
+
+
+BOUNDED = 3 * math.log(2)  # a training loss below 2.1 (chance: ln 2); the diverged runs reached 6-40
 
 
 def test_folder_lists_classes_and_decodes_square_uint8_images(folder):
@@ -50,12 +62,12 @@ def test_missing_folder_and_bad_settings_give_clear_errors(tmp_path, folder):
 
 
 def test_progressive_resizing_trains_and_resumes_to_the_same_weights(folder, tmp_path):
-    cfg = tiny(folder, device="cpu")
+    cfg = tiny(folder)
     assert [cfg.phase(e) for e in range(3)] == [(16, 4), (24, 4), (32, 6)]
     whole = train_imagenet(cfg)
     assert [h["image_size"] for h in whole.history] == [16, 24, 32]
     assert [h["steps"] for h in whole.history] == [3, 3, 2]
-    assert all(np.isfinite(h["train_loss"]) for h in whole.history)
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] < BOUNDED for h in whole.history)
     assert not whole.model.training
     first = train_imagenet(cfg, tmp_path, until_epoch=1)
     assert len(first.history) == 1 and (tmp_path / imagenet.CHECKPOINT).exists()
@@ -64,11 +76,33 @@ def test_progressive_resizing_trains_and_resumes_to_the_same_weights(folder, tmp
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="another config"):
-        train_imagenet(tiny(folder, device="cpu", seed=1), tmp_path)
+        train_imagenet(tiny(folder, seed=1), tmp_path)
+
+
+def test_bf16_first_epoch_stays_finite(folder):
+    """bf16 autocast (emulated, ~5-13x slower, on a CPU without native bf16): the first epoch,
+    where lr_scale 0.1 had already diverged."""
+    result = train_imagenet(tiny(folder, precision="bf16"), until_epoch=1)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
+    assert result.history[0]["train_loss"] < BOUNDED and imagenet._finite(result.model)
+
+
+@pytest.mark.parametrize("batch, lr_scale, message", [
+    (4, 1e6, "training loss is (nan|inf) at iteration [23] of 3 in epoch 2"),  # caught before the next step
+    (12, 1e38, "weights became nan or inf after its last update in epoch 2"),  # caught before the save
+], ids=["loss", "weights"])
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(folder, tmp_path, batch, lr_scale,
+                                                                      message):
+    """Epoch 1 is one step at lr 0; epoch 2 trains from lr_scale * 0.2 on."""
+    cfg = tiny(folder, epochs=2, phases=((0, 16, 12), (1, 16, batch)), lr_scale=lr_scale)
+    with pytest.raises(NonFiniteLoss, match=rf"{message} \(lr .*\).*last good epoch \(1\).*Lower lr_scale"):
+        train_imagenet(cfg, tmp_path)
+    kept = train_imagenet(cfg, tmp_path, until_epoch=1)
+    assert len(kept.history) == 1 and imagenet._finite(kept.model)
 
 
 def test_resnet50_path_and_evaluation(folder):
-    cfg = ImageNetConfig(root=str(folder), epochs=1, phases=((0, 32, 6),), eps=2 / 255, device="cpu")
+    cfg = tiny(folder, epochs=1, phases=((0, 32, 6),), eps=2 / 255)
     result = train_imagenet(cfg)
     assert result.model.net.fc.out_features == 2
     acc = evaluate_folder(result.model, ImageFolder(folder, "val"), size=32, eps=2 / 255, n=4, pgd_steps=2)

@@ -194,14 +194,29 @@ def test_cli_eval_rejects_a_step_in_255_units(capsys):
     assert "pixel units" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_mnist_record_reproduces_its_first_interval(monkeypatch):
-    """The committed wong2020 MNIST FGSM-RS record: re-run its first 100 steps and compare."""
-    monkeypatch.delenv("FATLIB_RECORDS_DIR")
-    name = "wong2020_mnist_fgsm_rs"
-    if not (runs.records_dir() / name / "config.json").exists():
-        pytest.skip(f"record {name} not present")
-    rec = runs.load_record(name)
-    assert rec.metrics["pgd_acc"] >= 85.0 and rec.metrics["n"] == 10000
-    result = runs.verify_record(name)
-    assert result, result.mismatches
+def test_final_evaluation_stores_the_cheap_sanity_checks_and_records_report_them():
+    from fatlib import sanity
+    run = runs.load_or_train(tiny(final_n_eval=40))
+    stored = run.metrics["sanity"]
+    assert len(stored) == len(sanity.CHEAP_CHECKS)
+    assert all(set(c) == {"name", "passed", "message"} and isinstance(c["passed"], bool) for c in stored)
+    rec = runs.save_record(run, "kept")
+    assert [c.name for c in runs.sanity_report(rec)] == [c["name"] for c in stored]
+    # a record made before the checks were stored: computed on its kept weights
+    (rec.path / "metrics.json").write_text(json.dumps({k: v for k, v in rec.metrics.items()
+                                                       if k != "sanity"}))
+    computed = runs.sanity_report(runs.load_record("kept"))
+    assert [c.name for c in computed] == [c["name"] for c in stored]
+    (rec.path / "weights.pt").unlink()
+    assert runs.sanity_report(runs.load_record("kept")) is None
+
+
+def test_sanity_summary_passes_only_what_passed_on_every_run(monkeypatch):
+    from fatlib import sanity
+    a, b = runs.load_or_train(tiny(seed=1)), runs.load_or_train(tiny(seed=2))
+    reports = {a.config.hash(): [sanity.Check("x", True, "ok"), sanity.Check("y", True, "ok")],
+               b.config.hash(): [sanity.Check("x", False, "bad things"), sanity.Check("y", True, "ok")]}
+    monkeypatch.setattr(runs, "sanity_report", lambda item: reports[item.config.hash()])
+    x, y = runs.sanity_summary([a, b])
+    assert not x.passed and "passed on 1 of 2" in x.message and "bad things" in x.message
+    assert y.passed and y.message == "passed on 2 of 2"

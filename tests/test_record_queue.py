@@ -1,0 +1,237 @@
+"""Tests of the record queue: fatlib.runs.load_queue / queue_status / run_queue and
+``python -m fatlib records status|run`` (tiny MNIST cnn1 runs, seconds each)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fatlib import models, runs
+from fatlib.__main__ import main
+from fatlib.train import CHECKPOINT, TrainConfig, load_checkpoint
+
+CLEAN = "0" * 40  # a clean commit, so that records can be saved while fatlib/ is being edited
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setattr(runs, "_git_commit", lambda: CLEAN)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(dataset="mnist", model="cnn1", model_kw={"n_filters": 2}, n_train=64, n_eval=32,
+                epochs=3, batch_size=32, augment=False, lr_max=0.05, eps=0.1, eval_pgd_steps=2,
+                method="fgsm", fgsm_init="random", eval_every=0, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def write_queue(tmp_path, *entries) -> str:
+    """A queue file of (name, config[, needs]) entries."""
+    items = [{"name": e[0], "config": e[1].to_dict(), "notes": f"test {e[0]}",
+              **({"needs": e[2]} if len(e) > 2 else {})} for e in entries]
+    path = tmp_path / "queue.json"
+    path.write_text(json.dumps(items))
+    return str(path)
+
+
+def without_times(history: list) -> list:
+    return [{k: v for k, v in rec.items() if not k.startswith("time_")} for rec in history]
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def uninterrupted(config: TrainConfig, tmp_path, monkeypatch) -> runs.Run:
+    """The run of `config` trained in one go, in a runs folder of its own."""
+    monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs_uninterrupted"))
+    return runs.load_or_train(config)
+
+
+def test_status_of_a_tiny_queue(tmp_path, monkeypatch, capsys):
+    started, fresh, done, other = tiny(), tiny(seed=1), tiny(seed=2), tiny(seed=3)
+    bf16, outside = tiny(seed=4), tiny(seed=5)
+    queue = write_queue(tmp_path, ("started", started), ("fresh", fresh), ("done", done),
+                        ("other", other), ("big", bf16, "native_bf16"), ("outside", outside))
+    monkeypatch.setattr(runs, "native_bf16_cpu", lambda: False)
+    runs.run_queue(queue, budget_minutes=1e-9, only=["started"])  # one epoch
+    runs.load_or_train(outside, until_epoch=1)  # not by the queue: `records run` restarts it
+    runs.save_record(runs.load_or_train(done), "done")
+    runs.save_record(runs.load_or_train(other.replace(lr_max=0.01)), "other")
+    status = {s.entry.name: s for s in runs.queue_status(queue)}
+    assert [status[n].state for n in ("started", "fresh", "done", "other", "big")] == \
+        ["in progress", "not started", "done", "differs", "waiting for native bf16"]
+    assert status["started"].passes_done == 1 and status["started"].seconds_left > 0
+    assert status["started"].basis == "checkpoint timers"
+    assert status["fresh"].seconds_left is None and status["done"].seconds_left == 0
+    assert "in progress at epoch 1 of 3" in status["started"].line()
+    assert f"done (commit {CLEAN[:10]})" in status["done"].line()
+    assert "unknown" in status["fresh"].line()
+    assert status["outside"].state == "in progress" and "restarts it" in status["outside"].basis
+    capsys.readouterr()
+    assert main(["records", "status", "--queue", queue]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 7 and out[-1].startswith("left: 3 of 6 entries")
+    assert "2 not estimated" in out[-1] and "1 waiting for native bf16" in out[-1]
+
+
+def test_status_estimates_from_an_old_record_or_a_measured_step(tmp_path):
+    old, new = tiny(), tiny(seed=1)
+    queue = write_queue(tmp_path, ("old", old), ("new", new))
+    run = runs.load_or_train(old)
+    runs.save_record(run, "old")
+    shutil.rmtree(run.path)  # the record is all that is left of it
+    prov = runs.records_dir() / "old" / "provenance.json"
+    p = json.loads(prov.read_text())
+    p["git_commit"] = CLEAN + runs.UNCOMMITTED  # an old record being re-made
+    p["wall_time_s"] = {"train": 30.0, "history_eval": 6.0, "final_eval": 4.0}
+    prov.write_text(json.dumps(p))
+    first = runs.entry_status(runs.load_queue(queue)[0])
+    assert first.state == "not started" and first.seconds_left == pytest.approx(40.0)
+    measured = runs.entry_status(runs.load_queue(queue)[1], measure=True)
+    assert measured.basis == "measured step cost" and 0 < measured.seconds_left < 60
+
+
+def test_run_with_a_budget_that_finishes(tmp_path):
+    queue = write_queue(tmp_path, ("a", tiny()), ("b", tiny(seed=1, epochs=2)))
+    results = runs.run_queue(queue, budget_minutes=60)
+    assert [(r["name"], r["result"], r["epochs"]) for r in results] == \
+        [("a", "recorded", 3), ("b", "recorded", 2)]
+    rec = runs.load_record("a")
+    assert rec.provenance["git_commit"] == CLEAN and rec.provenance["notes"] == "test a"
+    assert rec.config == tiny() and rec.metrics
+    assert all(s.state == "done" for s in runs.queue_status(queue))
+    log = (runs.runs_dir() / runs.QUEUE_LOG).read_text()
+    assert "a: epoch 3 of 3 done" in log and "b: record saved" in log
+    again = runs.run_queue(queue)
+    assert [(r["result"], r["epochs"]) for r in again] == [("done", 0), ("done", 0)]
+
+
+def test_run_stops_at_the_budget_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    cfg = tiny()
+    queue = write_queue(tmp_path, ("a", cfg), ("b", tiny(seed=1)))
+    first = runs.run_queue(queue, budget_minutes=1e-9)  # no estimate yet: one epoch runs
+    assert [(r["name"], r["result"], r["epochs"]) for r in first] == [("a", "stopped at budget", 1)]
+    assert runs.entry_status(runs.load_queue(queue)[0]).passes_done == 1
+    second = runs.run_queue(queue, budget_minutes=1e-9)  # the checkpoint's timers: does not fit
+    assert second[0]["epochs"] == 0 and second[0]["result"] == "stopped at budget"
+    assert "stopping before epoch 2 of 3" in (runs.runs_dir() / runs.QUEUE_LOG).read_text()
+    third = runs.run_queue(queue, only=["a"])
+    assert [(r["name"], r["result"], r["epochs"]) for r in third] == [("a", "recorded", 2)]
+    rec = runs.load_record("a")
+    whole = uninterrupted(cfg, tmp_path, monkeypatch)
+    assert same_weights(rec.model(), whole.model)
+    assert without_times(rec.history) == without_times(whole.history)
+    assert rec.metrics["pgd_acc"] == whole.metrics["pgd_acc"]
+
+
+@pytest.mark.slow
+def test_a_queue_run_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    cfg = tiny(n_train=512, epochs=4)
+    queue = write_queue(tmp_path, ("killed", cfg))
+    path = runs.run_path(cfg)
+    code = ("import sys, torch; torch.set_num_threads(1); from fatlib import runs; "
+            f"runs._git_commit = lambda: {CLEAN!r}; from fatlib.__main__ import main; "
+            f"sys.exit(main(['records', 'run', '--queue', {queue!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=runs.REPO, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (path / CHECKPOINT).exists() and \
+                    load_checkpoint(path / CHECKPOINT)["state"]["passes_done"] >= 1:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert not runs.is_complete(path)
+    at_kill = load_checkpoint(path / CHECKPOINT)["state"]["passes_done"]
+    assert 1 <= at_kill < cfg.passes
+    results = runs.run_queue(queue)
+    assert results == [{"name": "killed", "epochs": cfg.passes - at_kill, "result": "recorded"}]
+    assert f"killed: epoch {at_kill + 1} of 4 (resuming)" in (runs.runs_dir() / runs.QUEUE_LOG).read_text()
+    rec = runs.load_record("killed")
+    whole = uninterrupted(cfg, tmp_path, monkeypatch)
+    assert without_times(rec.history) == without_times(whole.history)
+    assert same_weights(rec.model(), whole.model)
+
+
+def test_a_run_folder_not_started_by_the_queue_is_moved_aside(tmp_path):
+    cfg = tiny()
+    queue = write_queue(tmp_path, ("a", cfg))
+    runs.load_or_train(cfg, until_epoch=1)  # made outside the queue: its code is not known
+    results = runs.run_queue(queue)
+    assert results[0]["result"] == "recorded" and results[0]["epochs"] == 3
+    moved = [p.name for p in runs.runs_dir().glob(f"{cfg.hash()}.moved-*")]
+    assert len(moved) == 1 and moved[0] in (runs.runs_dir() / runs.QUEUE_LOG).read_text()
+
+
+def test_records_run_refuses_uncommitted_fatlib(tmp_path, monkeypatch, capsys):
+    queue = write_queue(tmp_path, ("a", tiny()))
+    monkeypatch.setattr(runs, "_git_commit", lambda: CLEAN + runs.UNCOMMITTED)
+    assert main(["records", "run", "--queue", queue]) == 2
+    assert "uncommitted changes" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="commit them first"):
+        runs.run_queue(queue)
+    assert not runs.run_path(tiny()).exists() and not (runs.records_dir() / "a").exists()
+
+
+def test_records_run_rejects_names_not_in_the_queue(tmp_path, capsys):
+    queue = write_queue(tmp_path, ("a", tiny()))
+    assert main(["records", "run", "--queue", queue, "--only", "nope"]) == 2
+    assert "not in the queue: ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item,message", [
+    ({"name": "x"}, "exactly one of 'config' and 'recipe'"),
+    ({"name": "x", "recipe": "wong2020_cifar10_fgsm_rs_15ep", "config": {}}, "exactly one"),
+    ({"name": "x", "config": {}, "colour": 1}, "an entry is an object"),
+    ({"name": "../x", "config": {}}, "record name"),
+    ({"name": "x", "config": {"epochs": 0}}, "entry 0 \\(x\\)"),
+    ({"name": "x", "config": {"learning_rate": 1}}, "unknown TrainConfig fields"),
+    ({"name": "x", "config": {}, "needs": "gpu"}, "needs must be one of"),
+])
+def test_load_queue_names_a_bad_entry(tmp_path, item, message):
+    path = tmp_path / "queue.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=message):
+        runs.load_queue(path)
+
+
+def test_load_queue_rejects_a_name_used_twice(tmp_path):
+    with pytest.raises(ValueError, match="used twice: \\['a'\\]"):
+        runs.load_queue(write_queue(tmp_path, ("a", tiny()), ("a", tiny(seed=1))))
+
+
+def test_the_shipped_queue_is_valid_and_lists_every_record():
+    entries = runs.load_queue()  # builds (and so validates) every entry's TrainConfig
+    assert runs.queue_file() == runs.REPO / "data" / "record_queue.json"
+    assert all(isinstance(e.config, TrainConfig) for e in entries)
+    by_name = {e.name: e for e in entries}
+    records = runs.REPO / "data" / "records"
+    kept = sorted(p.name for p in records.iterdir() if (p / "config.json").exists())
+    assert set(kept) <= set(by_name), f"records missing from the queue: {sorted(set(kept) - set(by_name))}"
+    for width in (16, 32):
+        c = by_name[f"scale_preact18_w{width}_fgsm_rs_8"].config
+        assert (c.model, c.model_kw, c.dataset, c.n_train) == ("preact_resnet18", {"base_width": width},
+                                                               "cifar10", None)
+        assert (c.method, c.fgsm_init, c.eps, c.alpha) == ("fgsm", "random", 8 / 255, 10 / 255)
+        assert (c.epochs, c.lr_schedule, c.lr_max, c.precision, c.seed) == (15, "cyclic", 0.2, "auto", 0)
+        assert (c.final_n_eval, c.final_pgd_steps, c.final_pgd_restarts) == (1000, 50, 10)
+        assert (c.eval_every, c.n_eval) == (0, 500)
+        models.build(c.model, c.dataset, **c.model_kw)
+    paper = by_name["wong2020_cifar10_fgsm_rs_15ep"]
+    assert paper.needs == "native_bf16" and paper.config == runs.recipe("wong2020_cifar10_fgsm_rs_15ep")
+    assert [e.name for e in entries][-3:] == ["scale_preact18_w16_fgsm_rs_8",
+                                              "scale_preact18_w32_fgsm_rs_8", paper.name]
