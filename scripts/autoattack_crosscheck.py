@@ -33,7 +33,7 @@ def main(name: str, n: int = 500) -> int:
     from pyautoattack import AutoAttack
     reference = AutoAttack(model.eval(), norm={"linf": "Linf", "l2": "L2"}[cfg.norm], eps=cfg.eps,
                            version="standard", seed=0, device=x.device)
-    x_adv = reference.run_standard_evaluation(x, labels, batch_size=250)
+    x_adv, _ = reference.run_standard_evaluation(x, labels, batch_size=250)  # (x_adv, y_adv)
     with torch.no_grad():
         theirs = model(x_adv).argmax(1) == labels
     agree = bool(torch.equal(ours.correct, theirs))
