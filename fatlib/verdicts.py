@@ -369,15 +369,11 @@ def compare(artifact: str, claim: str, *, paper: float | None, ours: Sequence[fl
     if paper_sd:
         detail += (f" (our half-width {ours_iv.half_width:.{d}f} + 1.96 x paper sd "
                    f"{paper_sd:.{paper_digits}f})")
-    inside = abs(gap) <= widened
-    if inside:
+    if abs(gap) <= widened:
         word = REPRODUCED
     else:
-        if not (isinstance(reason, str) and reason.strip()):
-            raise ValueError(f"{artifact} ({claim}): ours differs from the paper, {detail}; "
-                             f"pass reason='...' naming the likely cause")
         word = DIFFERS
-        detail += f"; likely reason: {reason.strip()}"
+        detail = _with_reason(artifact, claim, f"ours differs from the paper, {detail}", detail, reason)
     return Verdict(artifact=artifact, claim=claim, paper=paper_text,
                    ours=ours_iv.text(digits), verdict=word, detail=detail, scale=scale.strip(),
                    paper_value=paper, ours_mean=ours_iv.mean, ours_lo=ours_iv.lo,
@@ -492,6 +488,13 @@ def all_of(*results: RuleResult) -> RuleResult:
                       detail="; ".join(r.detail for r in results))
 
 
+def _with_reason(artifact: str, claim: str, found: str, detail: str, reason) -> str:
+    """A differs verdict's detail with its likely reason; ValueError when no reason is given."""
+    if not (isinstance(reason, str) and reason.strip()):
+        raise ValueError(f"{artifact} ({claim}): {found}; pass reason='...' naming the likely cause")
+    return f"{detail}; likely reason: {reason.strip()}"
+
+
 def check(artifact: str, claim: str, rule: RuleResult, *, paper: str, scale: str,
           reason: str | None = None) -> Verdict:
     """The verdict on a stated qualitative claim, tested by a rule of this module.
@@ -522,11 +525,8 @@ def check(artifact: str, claim: str, rule: RuleResult, *, paper: str, scale: str
     if rule.passed:
         word = REPRODUCED if kind == PAPER_SCALE else REDUCED
     else:
-        if not (isinstance(reason, str) and reason.strip()):
-            raise ValueError(f"{artifact} ({claim}): the claim fails here ({rule.detail}); "
-                             f"pass reason='...' naming the likely cause")
         word = DIFFERS
-        detail += f"; likely reason: {reason.strip()}"
+        detail = _with_reason(artifact, claim, f"the claim fails here ({rule.detail})", detail, reason)
     return Verdict(artifact=artifact, claim=claim, paper=paper, ours=rule.ours, verdict=word,
                    detail=detail, scale=scale.strip())
 
