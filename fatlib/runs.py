@@ -259,6 +259,11 @@ class Record:
         return model.eval()
 
 
+def is_record_name(name) -> bool:
+    """Whether `name` can name a record folder: a non-empty string of letters, digits, _ - ."""
+    return isinstance(name, str) and bool(name) and all(c.isalnum() or c in "_-." for c in name)
+
+
 def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
     """Copy a finished run into records_dir()/<name>/ with its provenance.
 
@@ -272,7 +277,7 @@ def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
         notes: free text (how it was run).
         root: records folder (default records_dir()).
     """
-    if not name or not all(c.isalnum() or c in "_-." for c in name):
+    if not is_record_name(name):
         raise ValueError(f"record name must be letters, digits, '_', '-' or '.'; got {name!r}")
     if not run.metrics:
         raise ValueError("save_record needs a finished run (metrics missing); train it to the end")
@@ -491,7 +496,7 @@ def _queue_entry(item, where: str) -> QueueEntry:
         raise ValueError(f"{where}: an entry is an object with 'name', 'config' or 'recipe', and "
                          f"optional 'notes' and 'needs'; got {str(item)[:200]}")
     name = item["name"]
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+    if not is_record_name(name):
         raise ValueError(f"{where}: record name must be letters, digits, '_', '-' or '.'; got {name!r}")
     if ("config" in item) == ("recipe" in item):
         raise ValueError(f"{where} ({name}): give exactly one of 'config' and 'recipe'")
@@ -542,6 +547,11 @@ def _started_by(path: Path) -> str | None:
 
 
 # --- estimates of the time left
+
+def _pass_seconds(state: dict) -> float:
+    """Seconds per pass so far (attacks, updates, history evaluation) of a checkpoint's state."""
+    return sum(state["times"].values()) / state["passes_done"]
+
 
 def _record_times(entry: QueueEntry) -> dict | None:
     """Seconds per pass (training + history evaluation) and of the final evaluation, from the
@@ -628,9 +638,8 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
     done, rec = state.get("passes_done", 0), _record_times(entry)
     final = rec["final_s"] if rec else 0.0
     if done:
-        per_pass = sum(state["times"].values()) / done
         extra = "" if rec or not entry.config.final_n_eval else ", final evaluation not included"
-        return per_pass * (passes - done) + final, f"checkpoint timers{extra}"
+        return _pass_seconds(state) * (passes - done) + final, f"checkpoint timers{extra}"
     if rec:
         other = "" if rec["cpu"] == machine()["cpu"] else f" made on {rec['cpu']}"
         return rec["pass_s"] * passes + final, f"old record's wall time{other}"
@@ -754,7 +763,7 @@ def _epoch_guess(entry: QueueEntry, state: dict) -> tuple[float | None, float]:
     rec = _record_times(entry)
     final = rec["final_s"] if rec else 0.0
     if state.get("passes_done"):
-        return sum(state["times"].values()) / state["passes_done"], final
+        return _pass_seconds(state), final
     return (rec["pass_s"] if rec else None), final
 
 

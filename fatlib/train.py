@@ -567,13 +567,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    native = native_bf16_cpu()
     forced = os.environ.get(AUTO_PRECISION_ENV, "")
     if forced not in ("", "fp32", "bf16"):
         raise ValueError(f"${AUTO_PRECISION_ENV} must be 'fp32' or 'bf16' (or unset); got {forced!r}")
-    if forced == "fp32" or (forced == "bf16" and not native):
-        return "fp32"  # bf16 is forced only where it is native: emulated bf16 is ~13x slower
-    return "bf16" if native else "fp32"
+    # 'bf16' is the default behaviour: bf16 only where native (emulated bf16 is ~13x slower)
+    return "bf16" if forced != "fp32" and native_bf16_cpu() else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

@@ -93,3 +93,14 @@ def trained_mnist_model(n_train: int = 2000, n_test: int = 500, epochs: int = 4)
     xtr, ytr, xte, yte = mnist(n_train, n_test)
     model = train_quick(TinyConvNet(), xtr, ytr, epochs=epochs)
     return model, xte, yte
+
+
+def model_state(model: nn.Module):
+    """(train flags of every module, copies of every buffer): what an attack must not change."""
+    return [m.training for m in model.modules()], [b.clone() for b in model.buffers()]
+
+
+def assert_same_state(a, b):
+    """Two model_state results are equal: same modes, identical buffers."""
+    assert a[0] == b[0]
+    assert all(torch.equal(u, v) for u, v in zip(a[1], b[1]))

@@ -11,7 +11,7 @@ import torch
 from fatlib import evaluate
 from fatlib.threat import ThreatModel
 
-from helpers import trained_mnist_model
+from helpers import model_state, trained_mnist_model
 from test_evaluate_sanity import NoisyInEval, Softmax, ZeroInputGradient
 
 pytest.importorskip("pyautoattack")
@@ -26,23 +26,19 @@ def mnist():
     return trained_mnist_model(n_train=2000, n_test=500, epochs=4)
 
 
-def _state(model):
-    return [m.training for m in model.modules()], [b.clone() for b in model.buffers()]
-
-
 @pytest.fixture(scope="module")
 def linf_run(mnist):
     """One standard l-inf run with a seed drawn from torch's RNG, the model in train mode."""
     model, x, y = mnist
     model.train()
     try:
-        before = _state(model)
+        before = model_state(model)
         torch.manual_seed(5)
         seed = int(torch.randint(0, 2**31 - 1, ()))    # the one draw run_autoattack makes
         rng = torch.get_rng_state()
         torch.manual_seed(5)
         result = evaluate.run_autoattack(model, x[:N], y[:N], LINF)
-        after, rng_after = _state(model), torch.get_rng_state()
+        after, rng_after = model_state(model), torch.get_rng_state()
     finally:
         model.eval()
     return result, before, after, result.seed == seed and torch.equal(rng, rng_after)

@@ -8,7 +8,8 @@ from torch import nn
 from fatlib import attacks, metrics, regularizers
 from fatlib.threat import ThreatModel
 
-from helpers import Counting, TinyConvNet, TinyMLP, random_images, trained_mnist_model
+from helpers import (Counting, TinyConvNet, TinyMLP, assert_same_state, model_state,
+                     random_images, trained_mnist_model)
 
 TOL = 1e-6
 LINF = ThreatModel("linf", 0.1)
@@ -25,15 +26,6 @@ def mnist_model():
 def interior(n=16, shape=(1, 12, 12), seed=0):
     """Random images in [0.2, 0.8]: small perturbations never touch the box."""
     return random_images(n, shape, seed=seed, low=0.2, high=0.8)
-
-
-def state(model):
-    return [m.training for m in model.modules()], [b.clone() for b in model.buffers()]
-
-
-def assert_same_state(a, b):
-    assert a[0] == b[0]
-    assert all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
 
 
 def assert_valid(delta, x, threat):
@@ -126,10 +118,10 @@ def test_attack_properties(mnist_model, name, threat, train_mode):
     model, x, y = mnist_model
     model.train(train_mode)
     try:
-        before = state(model)
+        before = model_state(model)
         torch.manual_seed(1)
         delta = ATTACKS[name](model, x, y, threat)
-        assert_same_state(before, state(model))
+        assert_same_state(before, model_state(model))
         assert_valid(delta, x, threat)
         torch.manual_seed(1)
         assert torch.equal(ATTACKS[name](model, x, y, threat), delta), "same seed, same delta"
@@ -157,14 +149,14 @@ def test_attacks_compute_no_parameter_gradients_and_work_under_bf16_autocast():
     torch.manual_seed(0)
     model = TinyConvNet().train()
     x, y = random_images(16, (1, 12, 12))
-    before = state(model)
+    before = model_state(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         delta = attacks.fgsm(model, x, y, LINF, init="random")
         reg = regularizers.grad_align(model, x, y, LINF.eps)
     assert delta.dtype == torch.float32
     assert_valid(delta, x, LINF)
     assert all(p.grad is None for p in model.parameters())
-    assert_same_state(before, state(model))
+    assert_same_state(before, model_state(model))
     assert reg.requires_grad and 0 <= float(reg.detach()) <= 2
 
 
@@ -400,10 +392,10 @@ def test_grad_align_is_a_differentiable_penalty_that_leaves_the_model_unchanged(
     model, x, y = mnist_model
     model.train()
     try:
-        before = state(model)
+        before = model_state(model)
         torch.manual_seed(0)
         reg = regularizers.grad_align(model, x, y, 0.1)
-        assert_same_state(before, state(model))
+        assert_same_state(before, model_state(model))
         assert 0 < float(reg.detach()) < 2
         reg.backward()
         assert all(p.grad is not None for p in model.parameters())

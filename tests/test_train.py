@@ -185,6 +185,15 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
     assert T.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(T, "native_bf16_cpu", lambda: True)
     assert T.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setenv("FATLIB_AUTO_PRECISION", "fp32")  # the suite's second mode
+    assert T.resolve_precision("auto", cpu) == "fp32" and T.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setenv("FATLIB_AUTO_PRECISION", "bf16")
+    assert T.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(T, "native_bf16_cpu", lambda: False)
+    assert T.resolve_precision("auto", cpu) == "fp32"  # never emulated bf16
+    monkeypatch.setenv("FATLIB_AUTO_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="FATLIB_AUTO_PRECISION"):
+        T.resolve_precision("auto", cpu)
 
 
 def test_free_delta_is_not_updated_on_a_step_the_grad_scaler_skips():
