@@ -64,16 +64,61 @@ def _parse(argv):
     return args
 
 
-def _round_robin(fns: dict, warmup: int, rounds: int) -> dict:
-    """Median seconds per call of each function, timed one of each per round."""
+def median_seconds(fns: dict, *, warmup: int = 1, rounds: int = 3) -> dict:
+    """Median seconds per call of each function, timed round-robin in this process.
+
+    The one timing function of the book: every page that reports a cost calls it (directly
+    or through :func:`seconds_per_step`). One call of each function per round, so that a
+    change in machine load hits all of them alike; the first ``warmup`` rounds are not
+    timed (first-call costs: data caches, the allocator, kernel selection).
+    Args:
+        fns: name -> function of no arguments. A function may return its own measurement in
+            seconds (a float, e.g. a training loop's timers without its set-up); otherwise
+            its wall time (``time.perf_counter``) is used.
+        warmup: untimed rounds.
+        rounds: timed rounds (the median over them is reported).
+    Returns:
+        name -> median seconds.
+    Raises:
+        ValueError: no functions, or rounds < 1.
+    """
+    if not fns or rounds < 1:
+        raise ValueError(f"median_seconds needs at least one function and rounds >= 1, got "
+                         f"{len(fns)} functions and rounds={rounds}")
     times = {name: [] for name in fns}
     for r in range(warmup + rounds):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
+            measured = fn()
+            elapsed = time.perf_counter() - start
             if r >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(float(measured) if isinstance(measured, (int, float))
+                                   and not isinstance(measured, bool) else elapsed)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def seconds_per_step(configs: dict, *, steps: int = 3, warmup: int = 1, rounds: int = 3) -> dict:
+    """Median seconds per optimizer step of each training config, from the loop's own timers.
+
+    Implements: the cost of a training method as the book reports it: ``steps`` steps of
+    ``fatlib.train.train`` (attack + parameter update, without data loading, evaluation or
+    set-up: the loop's ``time_attack + time_update``), timed round-robin by
+    :func:`median_seconds`.
+    Args:
+        configs: name -> TrainConfig (with at least ``steps`` minibatches of training data).
+        steps: optimizer steps per timing.
+        warmup, rounds: as in :func:`median_seconds`.
+    Returns:
+        name -> seconds per step.
+    """
+    def timed(config):
+        def run():
+            last = train.train(config.replace(eval_every=steps), max_steps=steps).history[-1]
+            return (last["time_attack"] + last["time_update"]) / steps
+        return run
+
+    return median_seconds({name: timed(cfg) for name, cfg in configs.items()},
+                          warmup=warmup, rounds=rounds)
 
 
 def _cifar_batch(n: int, seed: int):
@@ -153,7 +198,7 @@ def bench_steps(args, out=print) -> dict:
     if p == "fp32":
         out("  this CPU has no native bf16 (emulated bf16 is many times slower than fp32): "
             "the mixed-precision rows run in fp32")
-    t = _round_robin(fns, args.warmup, args.rounds)
+    t = median_seconds(fns, warmup=args.warmup, rounds=args.rounds)
     for name, sec in t.items():
         out(f"  {name:<22} {1000 * sec:9.1f} ms")
     ratios = {
@@ -210,7 +255,7 @@ def bench_pgd(args, out=print) -> dict:
     fns = {"plain": run(None), **{f: run(f) for f in args.fractions}}
     out(f"\n[2] PGD-{args.pgd_steps}-{args.pgd_restarts} evaluation, {args.model} fp32 eval mode, "
         f"{args.pgd_batch} examples, {args.pgd_rounds} timed round(s)")
-    t = _round_robin(fns, 0, args.pgd_rounds)
+    t = median_seconds(fns, warmup=0, rounds=args.pgd_rounds)
     out(f"  plain (every example, every step): {t['plain']:.2f} s")
     out("  robust fraction | measured | fast s | fast / plain")
     ratios = {}

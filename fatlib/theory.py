@@ -6,7 +6,8 @@ initialisation; eq. 6 is the gradient alignment of a single-filter CNN on non-ov
 patches. The remaining functions inspect a trained ``cnn1`` model (``fatlib.models``):
 its filters in pixel space, feature maps, filter and outgoing-weight norms, ReLU sign flips
 and the noise gain under uniform noise, and copies with some filters zeroed (§4, Figs 5-7);
-``collapse_point`` finds catastrophic overfitting in a run's metric history.
+(catastrophic overfitting in a run's history is ``fatlib.overfitting``; its
+``collapse_point`` is importable from here too).
 Everything is in pixel units: images in [0, 1], eps and alpha as 8/255.
 """
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fatlib.models import SingleLayerCNN, build
+from fatlib.overfitting import collapse_point  # noqa: F401  (the one definition)
 from fatlib.threat import ThreatModel
 
 # Discrete Laplace kernels (4- and 8-neighbour), the "edge detector" of andriushchenko2020 Fig. 5.
@@ -369,24 +371,6 @@ def noise_gain(model: nn.Module, x: torch.Tensor, eps: float, *,
     change = preactivations(model, x + eta) - clean
     dims = (0, 2, 3)
     return change.std(dim=dims) / clean.std(dim=dims).clamp_min(1e-30)
-
-
-def collapse_point(history: list, *, gap: float = 20.0) -> dict | None:
-    """The first history record after which FGSM accuracy exceeds PGD accuracy by `gap` points.
-
-    Implements: the signature of catastrophic overfitting in andriushchenko2020 §4 / Fig. 4
-    (PGD accuracy collapses while FGSM accuracy jumps: FGSM no longer solves the inner problem).
-    Args:
-        history: a run's metric history (fatlib.train records with 'fgsm_acc', 'pgd_acc' in %).
-        gap: percentage points of FGSM minus PGD accuracy that count as a collapse.
-    Returns:
-        that record (a dict), or None if the run never collapsed.
-    """
-    for record in history:
-        fgsm_acc, pgd_acc = record.get("fgsm_acc"), record.get("pgd_acc")
-        if fgsm_acc is not None and pgd_acc is not None and fgsm_acc - pgd_acc >= gap:
-            return record
-    return None
 
 
 def laplace_cosine(filters: torch.Tensor, kernel: str = "8") -> torch.Tensor:

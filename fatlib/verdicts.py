@@ -63,6 +63,8 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Iterable, Sequence
 
+from fatlib.overfitting import COLLAPSE_THRESHOLD
+
 REPRODUCED = "reproduced"
 REDUCED = "reproduced at reduced scale"
 DIFFERS = "differs"
@@ -77,12 +79,8 @@ SMOKE = "smoke"
 SCALES = (PAPER_SCALE, RECORD_SCALE, REDUCED_SCALE, QUICK, SMOKE)
 
 Z95 = 1.959963984540054  # the two-sided 95% point of the standard normal
-# Robust accuracy (percent) below which a run has collapsed (catastrophic overfitting). A
-# classifier that ignores its input keeps its (constant) answer under any attack and so has
-# 10% robust accuracy on a balanced 10-class test set (MNIST, CIFAR-10, SVHN); a model under
-# that is less robust than one that does not look at the image. Collapsed runs in the papers
-# score 0-2%, working ones 20% or more (CIFAR-10 up to eps = 16/255, CIFAR-100 at 8/255).
-COLLAPSE_THRESHOLD = 10.0
+# Robust accuracy (percent) below which a run has collapsed: the one threshold of
+# fatlib.overfitting (a classifier that ignores its input scores 10% on 10 balanced classes).
 ROWS_FORMAT = "fatlib.verdicts/1"
 
 

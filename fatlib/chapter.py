@@ -1,0 +1,124 @@
+"""What every chapter of the book shares: its closing table of verdicts (which the
+scoreboard page gathers), numbers glued into its prose, and rows for records still queued.
+
+A chapter ends with ``closing_table(verdicts, chapter=...)``: the verdicts (made by
+``fatlib.verdicts``) shown as the paper-vs-ours table, and the same rows stored in the cell's
+output under the MIME type :data:`ROWS_MIME`, from which :func:`collect_rows` reads them
+back out of the executed notebooks (the scoreboard page, executed after every chapter).
+Nothing is typed twice: the scoreboard shows the rows the chapters computed.
+
+Numbers in a chapter's prose come from code: ``glue_text(pgd=f"{acc:.1f}%")`` in a code
+cell, ``{glue:md}`pgd``` in the markdown (myst-nb's glue, rendered when the book is built).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from fatlib import plots, verdicts
+
+ROWS_MIME = "application/vnd.fatlib.verdicts+json"
+
+
+class ClosingTable:
+    """A chapter's verdicts: shown as the coloured paper-vs-ours table, stored as JSON rows."""
+
+    def __init__(self, rows: list, chapter: str):
+        self.rows, self.chapter = rows, chapter
+        self.table = plots.comparison_table([v.comparison_row() for v in rows])
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/html": self.table._repr_html_(), "text/plain": repr(self.table),
+                ROWS_MIME: {"format": verdicts.ROWS_FORMAT, "chapter": self.chapter,
+                            "rows": [v.row() for v in self.rows]}}
+
+
+def closing_table(rows: Iterable[verdicts.Verdict], *, chapter: str) -> ClosingTable:
+    """The closing table of a chapter, from verdicts of ``fatlib.verdicts`` only.
+
+    Args:
+        rows: Verdicts (compare / check / not_run / queued); a typed verdict text is refused.
+        chapter: the chapter's path in the book without suffix ('wong2020/table1_init_step').
+    Returns:
+        ClosingTable (display it as a cell's last expression).
+    Raises:
+        ValueError: a row that is not a Verdict, no rows, or an empty chapter name.
+    """
+    rows = list(rows)
+    bad = [r for r in rows if not isinstance(r, verdicts.Verdict)]
+    if bad or not rows:
+        raise ValueError("closing_table takes the Verdicts of fatlib.verdicts (compare, check, "
+                         f"not_run, chapter.queued), at least one; got {bad or 'none'}")
+    if not isinstance(chapter, str) or not chapter.strip():
+        raise ValueError("pass chapter='<paper>/<notebook>' (its path in book/, no suffix)")
+    return ClosingTable(rows, chapter.strip())
+
+
+def collect_rows(book_dir: str | Path) -> dict:
+    """The closing-table rows of every executed notebook under ``book_dir``.
+
+    Args:
+        book_dir: a folder of executed notebooks (the book's staged ``book/``).
+    Returns:
+        chapter -> list of Verdicts, in the order of the chapters' paths.
+    Raises:
+        ValueError: a stored row that is not a valid verdict (names the notebook).
+    """
+    found = {}
+    for notebook in sorted(Path(book_dir).rglob("*.ipynb")):
+        cells = json.loads(notebook.read_text()).get("cells", [])
+        for output in (o for c in cells if c.get("cell_type") == "code"
+                       for o in c.get("outputs", [])):
+            stored = output.get("data", {}).get(ROWS_MIME)
+            if stored is None:
+                continue
+            try:
+                found.setdefault(stored["chapter"], []).extend(
+                    verdicts.Verdict.from_row(r) for r in stored["rows"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{notebook}: bad verdict rows ({err})") from err
+    return found
+
+
+def glue_text(**values: str) -> None:
+    """Glue texts for the chapter's prose: ``{glue:md}`name``` in a markdown cell.
+
+    Args:
+        values: name -> the text to insert (format numbers in the call: f"{acc:.1f}%").
+    Raises:
+        ValueError: a value that is not a text (format it first, so the page shows what
+            the code chose, not a float's repr).
+    """
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    for name, value in values.items():
+        if not isinstance(value, str):
+            raise ValueError(f"glue_text({name}=...) takes a text; format the number first, "
+                             f"e.g. f'{{{name}:.1f}}%', got {value!r}")
+        glue(name, Markdown(value), display=False)
+
+
+def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "") -> verdicts.Verdict:
+    """The verdict row of a comparison whose record is queued but not made yet.
+
+    Args:
+        artifact, claim, paper: as in ``fatlib.verdicts.not_run``.
+        record: the record's name in data/record_queue.json.
+        scale: the scale the record will have ('record scale: ...').
+    Returns:
+        a NOT_RUN Verdict naming the record and the command that makes it.
+    Raises:
+        ValueError: `record` is not in the record queue.
+    """
+    from fatlib import runs
+
+    entries = {e.name: e for e in runs.load_queue()}
+    if record not in entries:
+        raise ValueError(f"{record!r} is not in the record queue ({runs.queue_file()}); add it "
+                         f"there first")
+    return verdicts.not_run(artifact, claim, paper=paper, scale=scale,
+                            need=f"the record {record}, queued in data/record_queue.json (made by "
+                                 f"`python -m fatlib records run --only {record}`)")
