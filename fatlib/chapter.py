@@ -101,6 +101,28 @@ def glue_text(**values: str) -> None:
         glue(name, Markdown(value), display=False)
 
 
+def queued_record(name: str):
+    """The record of a queue entry if it has been made with the queue's config, else None.
+
+    Args:
+        name: a record name in data/record_queue.json.
+    Returns:
+        fatlib.runs.Record, or None while the record is not made (or holds another config).
+    Raises:
+        ValueError: `name` is not in the record queue.
+    """
+    from fatlib import runs
+
+    entries = {e.name: e for e in runs.load_queue()}
+    if name not in entries:
+        raise ValueError(f"{name!r} is not in the record queue ({runs.queue_file()}); add it there")
+    try:
+        record = runs.load_record(name)
+    except FileNotFoundError:
+        return None
+    return record if record.config == entries[name].config else None
+
+
 def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "") -> verdicts.Verdict:
     """The verdict row of a comparison whose record is queued but not made yet.
 
