@@ -18,11 +18,9 @@ import pytest
 
 from fatlib import book
 
+from helpers import headless_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("FATLIB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +104,8 @@ def test_a_failing_chapter_fails_the_build_naming_notebook_and_cell(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        message = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    with headless_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +221,69 @@ def test_check_offline_flags_resources_from_other_hosts_but_not_links(tmp_path):
 
 def test_vendor_fetch_errors_are_clear(tmp_path, monkeypatch):
     spec = "requirejs@2.3.8"
-    monkeypatch.setattr(book.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(book.BookError, match="npm is needed"):
         book.fetch_npm(spec, tmp_path)
     (tmp_path / book.NPM_VENDOR[spec][0]).write_bytes(b"not the tarball")
     with pytest.raises(book.BookError, match="expected 777158e8"):
         book.fetch_npm(spec, tmp_path)
+
+
+# --------------------------------------------------------------------------- execution order
+
+def _tiny_notebook(path: Path, execute_last: bool | None = None) -> Path:
+    metadata = {"fatlib": {"execute_last": execute_last}} if execute_last is not None else {}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")], metadata=metadata)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_execute_last_chapters_run_after_all_the_others_in_toc_order(tmp_path):
+    board = _tiny_notebook(tmp_path / "scoreboard.ipynb", execute_last=True)
+    first = _tiny_notebook(tmp_path / "first.ipynb")
+    second = _tiny_notebook(tmp_path / "second.ipynb", execute_last=False)
+    later = _tiny_notebook(tmp_path / "later.ipynb", execute_last=True)
+    assert book.executes_last(board) and not book.executes_last(first)
+    assert not book.executes_last(second)
+    assert book.execution_order([board, first, later, second]) == [first, second, board, later]
+    assert book.execution_order([first, second]) == [first, second]
+
+
+def test_an_execute_last_chapter_is_never_taken_from_the_execution_cache(tmp_path, monkeypatch):
+    from fatlib.book import execution
+
+    runs = []
+
+    def fake_execute(notebook, output, profile, parameters=None, cwd=None):
+        runs.append(notebook.name)
+        return output
+
+    monkeypatch.setattr(execution, "execute", fake_execute)
+    build_dir = tmp_path / "_build"
+    chapter = _tiny_notebook(tmp_path / "chapter.ipynb")
+    board = _tiny_notebook(tmp_path / "scoreboard.ipynb", execute_last=True)
+    for _ in range(2):
+        for notebook in (chapter, board):
+            execution.execute_cached(notebook, "smoke", tmp_path, build_dir, force=False)
+    assert runs == ["chapter.ipynb", "scoreboard.ipynb", "scoreboard.ipynb"]
+    assert [p.name.split("-")[0] for p in (build_dir / "exec_cache").iterdir()] == ["chapter"]
+
+
+def test_the_build_executes_an_execute_last_chapter_after_the_others(tmp_path, monkeypatch):
+    from fatlib.book import site
+
+    stage = tmp_path / "src"
+    (stage / "book").mkdir(parents=True)
+    (stage / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                    "  - file: book/scoreboard\n  - file: book/chapter\n")
+    (stage / "book" / "intro.md").write_text("# Intro\n")
+    _tiny_notebook(stage / "book" / "scoreboard.ipynb", execute_last=True)
+    _tiny_notebook(stage / "book" / "chapter.ipynb")
+    order = []
+    monkeypatch.setattr(site, "execute_cached",
+                        lambda notebook, *args: order.append(notebook.name) or (0.0, False))
+    lines = []
+    assert site._execute_chapters(stage, "smoke", tmp_path, tmp_path / "_build", False,
+                                  lines.append) == []
+    assert order == ["chapter.ipynb", "scoreboard.ipynb"]
+    assert lines[-1].startswith("[2/2] book/scoreboard.ipynb: executed")

@@ -179,17 +179,19 @@ def test_every_method_trains_and_changes_the_weights(changes):
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    from fatlib import devices  # resolve_precision looks native_bf16_cpu up there
+
     cpu = torch.device("cpu")
     assert T.resolve_precision("fp32", cpu) == "fp32" and T.resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(T, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
     assert T.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(T, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
     assert T.resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setenv("FATLIB_AUTO_PRECISION", "fp32")  # the suite's second mode
     assert T.resolve_precision("auto", cpu) == "fp32" and T.resolve_precision("bf16", cpu) == "bf16"
     monkeypatch.setenv("FATLIB_AUTO_PRECISION", "bf16")
     assert T.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(T, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
     assert T.resolve_precision("auto", cpu) == "fp32"  # never emulated bf16
     monkeypatch.setenv("FATLIB_AUTO_PRECISION", "fp16")
     with pytest.raises(ValueError, match="FATLIB_AUTO_PRECISION"):
