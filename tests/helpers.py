@@ -1,8 +1,14 @@
 """Small models and data for fast tests: a tiny conv net with BatchNorm, a tiny MLP,
-a forward-counting wrapper, random images and a model trained on MNIST in seconds."""
+a forward-counting wrapper, random images and a model trained on MNIST in seconds;
+and headless chromium for the browser tests."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,3 +110,43 @@ def assert_same_state(a, b):
     """Two model_state results are equal: same modes, identical buffers."""
     assert a[0] == b[0]
     assert all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+
+
+# --------------------------------------------------------------------------- browser
+
+CHROMIUM = os.environ.get("FATLIB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+
+def _browser_missing() -> str | None:
+    """Why headless chromium cannot be driven here (None when it can)."""
+    if not Path(CHROMIUM).exists():
+        return f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (scripts/bootstrap.sh installs it)"
+    return None
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's chromium (``$FATLIB_CHROMIUM``) launched by playwright; yields the browser.
+
+    Skips the test when chromium or playwright is missing; fails instead when ``CI=true``.
+    """
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
