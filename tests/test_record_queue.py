@@ -233,5 +233,12 @@ def test_the_shipped_queue_is_valid_and_lists_every_record():
         models.build(c.model, c.dataset, **c.model_kw)
     paper = by_name["wong2020_cifar10_fgsm_rs_15ep"]
     assert paper.needs == "native_bf16" and paper.config == runs.recipe("wong2020_cifar10_fgsm_rs_15ep")
-    assert [e.name for e in entries][-3:] == ["scale_preact18_w16_fgsm_rs_8",
-                                              "scale_preact18_w32_fgsm_rs_8", paper.name]
+    names = [e.name for e in entries]
+    assert names[-1] == paper.name  # paper scale waits behind the record scale
+    record_scale = [e for e in entries if e.name.startswith("rs16_")]
+    assert record_scale and names.index("scale_preact18_w32_fgsm_rs_8") < names.index(record_scale[0].name)
+    for e in record_scale:  # the record-scale model and evaluation (issue 14)
+        c = e.config
+        assert (c.model, c.model_kw, c.dataset, c.n_train) == ("preact_resnet18", {"base_width": 16},
+                                                               "cifar10", None), e.name
+        assert (c.final_n_eval, c.final_pgd_steps, c.final_pgd_restarts) == (1000, 50, 10), e.name
