@@ -7,7 +7,9 @@ patches. The remaining functions inspect a trained ``cnn1`` model (``fatlib.mode
 its filters in pixel space, feature maps, filter and outgoing-weight norms, ReLU sign flips
 and the noise gain under uniform noise, and copies with some filters zeroed (§4, Figs 5-7);
 (catastrophic overfitting in a run's history is ``fatlib.overfitting``; its
-``collapse_point`` is importable from here too).
+``collapse_point`` is importable from here too). The last section builds what the
+andriushchenko2020 pages show of these: Fig. 2, the image-box check, the alignment of fresh
+models, the eq. 6 check, a trained cnn1's analysis (:func:`analyse_cnn1`) and Figs 5-7.
 Everything is in pixel units: images in [0, 1], eps and alpha as 8/255.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,7 +89,8 @@ def lemma1_monte_carlo(alpha, eps: float, d: int, *, n_samples: int = 1000,
     eps, d = float(eps), int(d)
     _check_alpha_eps(a, eps)
     if d < 1 or int(n_samples) < 1:
-        raise ValueError(f"d and n_samples must be positive integers; got d={d}, n_samples={n_samples}")
+        raise ValueError(f"d and n_samples must be positive integers; got d={d}, "
+                         f"n_samples={n_samples}")
     chunk = max(1, min(int(n_samples), int(max_elements) // d))
     out = np.empty(a.shape, dtype=np.float64)
     for idx, a_i in np.ndenumerate(a):
@@ -134,8 +138,10 @@ def lemma2_bound(eps, *, p: int = 27, n_samples: int = 200_000,
 
 
 def lemma2_model(n_filters: int, dataset: str = "cifar10", *, sigma_w: float | None = None,
-                 sigma_u: float | None = None, generator: torch.Generator | None = None) -> nn.Module:
-    """A ``cnn1`` model initialised as Lemma 2 assumes: Gaussian weights, zero biases, no normalisation.
+                 sigma_u: float | None = None,
+                 generator: torch.Generator | None = None) -> nn.Module:
+    """A ``cnn1`` model initialised as Lemma 2 assumes: Gaussian weights, zero biases, no
+    normalisation.
 
     Implements: andriushchenko2020 Lemma 2 set-up (w ~ N(0, s_w^2 I), u ~ N(0, s_u^2 I), b = 0)
     on fatlib's single-layer CNN (3x3 filters, stride 1, so its patches overlap, unlike the
@@ -174,8 +180,8 @@ def image_patches(x: torch.Tensor, patch: int = 3) -> torch.Tensor:
         patches [B, k, p], k = (H / patch) * (W / patch), p = C * patch^2.
     """
     if x.dim() != 4 or x.shape[2] % patch or x.shape[3] % patch:
-        raise ValueError(f"image_patches needs [B, C, H, W] with H and W divisible by patch={patch}; "
-                         f"got shape {list(x.shape)}")
+        raise ValueError(f"image_patches needs [B, C, H, W] with H and W divisible by "
+                         f"patch={patch}; got shape {list(x.shape)}")
     return F.unfold(x, kernel_size=patch, stride=patch).transpose(1, 2)
 
 
@@ -241,13 +247,15 @@ def eq6_cosine(w: torch.Tensor, b: float, u: torch.Tensor, z: torch.Tensor,
 # --- analyses of a trained single-layer CNN (cnn1) ---
 
 def _cnn1_parts(model: nn.Module):
-    """(Normalize or None, conv, linear) of a cnn1 model, bare or inside nn.Sequential(normalize, net)."""
+    """(Normalize or None, conv, linear) of a cnn1 model, bare or inside
+    nn.Sequential(normalize, net)."""
     if isinstance(model, SingleLayerCNN):
         return None, model.conv, model.linear
     net = getattr(model, "net", None)
     if isinstance(net, SingleLayerCNN):
         return getattr(model, "normalize", None), net.conv, net.linear
-    raise ValueError(f"expected a cnn1 model (fatlib.models.build('cnn1', ...)); got {type(model).__name__}")
+    raise ValueError(f"expected a cnn1 model (fatlib.models.build('cnn1', ...)); "
+                     f"got {type(model).__name__}")
 
 
 def pixel_filters(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,3 +400,308 @@ def laplace_cosine(filters: torch.Tensor, kernel: str = "8") -> torch.Tensor:
     flat = filters.flatten(1)
     lap = lap.reshape(1, -1)
     return (flat * lap).sum(dim=1) / (flat.norm(dim=1) * lap.norm()).clamp_min(1e-30)
+
+
+# --- what the andriushchenko2020 pages compute with these (tables and figures) ---
+
+def lemma1_ratio(alpha: float, eps: float, d: int, *, n_samples: int = 1000,
+                 generator: torch.Generator | None = None) -> float:
+    """Monte-Carlo estimate of E||delta_FGSM-RS||_2 over the Lemma 1 bound (1 when tight).
+
+    Implements: the tightness that andriushchenko2020 Fig. 2 shows for high-dimensional inputs.
+    """
+    return (lemma1_monte_carlo(alpha, eps, d, n_samples=n_samples, generator=generator)
+            / lemma1_bound(alpha, eps, d))
+
+
+def lemma1_figure(dims, eps: float, *, n_alpha: int = 41, n_samples: int = 1000,
+                  generator: torch.Generator | None = None):
+    """andriushchenko2020 Fig. 2: bound (line) and Monte Carlo (markers) of E||delta_FGSM-RS||_2
+    over sqrt(d) eps against alpha / eps in [0, 2], one slider step per input dimension d.
+
+    Args:
+        dims: input dimensions d on the slider. eps: radius in pixel units.
+        n_alpha: alpha values in [0, 2 eps]. n_samples: draws of eta per point.
+        generator: torch.Generator of the Monte-Carlo draws.
+    Returns:
+        plotly Figure (fatlib.plots.eps_slider_figure), dashed line at alpha = 1.25 eps.
+    """
+    import plotly.graph_objects as go
+
+    from fatlib import plots
+
+    alphas = np.linspace(0, 2 * eps, n_alpha)
+    ratio, panels = alphas / eps, []
+    for d in dims:
+        scale = math.sqrt(d) * eps
+        mc = lemma1_monte_carlo(alphas, eps, d, n_samples=n_samples, generator=generator)
+        panels.append([(go.Scatter(x=ratio, y=lemma1_bound(alphas, eps, d) / scale,
+                                   name="Lemma 1 bound", mode="lines"), 1, 1),
+                       (go.Scatter(x=ratio, y=mc / scale, name=f"Monte Carlo ({n_samples} draws)",
+                                   mode="markers"), 1, 1)])
+    static = [(go.Scatter(x=[0, 2], y=[1, 1], name="FGSM: sqrt(d) eps", mode="lines",
+                          line=dict(color="grey", dash="dot")), 1, 1)]
+    fig = plots.eps_slider_figure(dims, panels, static=static, label="d", height=460,
+                                  value_labels=[f"{d:,}" for d in dims], active=len(dims) - 1,
+                                  step_titles=[f"Expected l2 norm of FGSM-RS, d = {d:,}"
+                                               for d in dims])
+    fig.add_vline(x=1.25, line_dash="dash", annotation_text="alpha = 1.25 eps (wong2020)")
+    fig.update_xaxes(title="alpha / eps")
+    return fig.update_yaxes(title="E ||delta||_2 / (sqrt(d) eps)", range=[0.4, 1.05])
+
+
+def lemma1_box_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> list:
+    """Mean l2 norms of fatlib's FGSM and FGSM-RS perturbations of images (with the image box)
+    next to the norms Lemma 1 gives without the box, as table rows.
+
+    Implements: the projection onto [0, 1]^d that andriushchenko2020 §3 ignores, measured.
+    """
+    from fatlib import attacks, metrics
+
+    threat, d, rows = ThreatModel("linf", eps), x[0].numel(), []
+    for name, init, k in (("FGSM (alpha = eps)", "zero", 1.0),
+                          ("FGSM-RS (alpha = 1.25 eps)", "random", 1.25),
+                          ("FGSM-RS (alpha = 2 eps)", "random", 2.0)):
+        delta = attacks.fgsm(model, x, y, threat, init=init, alpha=k * eps)
+        measured = metrics.perturbation_norms(delta)["l2"]
+        free = lemma1_bound(k * eps, eps, d) if init == "random" else math.sqrt(d) * eps
+        rows.append({"attack": name, "mean ||delta||_2 (with the box)": f"{measured:.3f}",
+                     "without the box (Lemma 1 / FGSM)": f"{free:.3f}",
+                     "ratio": f"{measured / free:.3f}"})
+    return rows
+
+
+def alignment_at_init(make, x: torch.Tensor, y: torch.Tensor, eps_values, *, n_inits: int = 1,
+                      seed: int = 0) -> np.ndarray:
+    """Mean gradient alignment (eq. 5) of freshly initialised models, for each eps.
+
+    Args:
+        make: generator -> model (e.g. ``lambda g: lemma2_model(4, generator=g)``).
+        x, y: images in [0, 1] and labels. eps_values: radii in pixel units.
+        n_inits: initialisations averaged (seeds seed, seed + 1, ...).
+    Returns:
+        [len(eps_values)] array.
+    """
+    from fatlib import metrics
+
+    out = np.zeros(len(eps_values))
+    for k in range(n_inits):
+        torch.manual_seed(seed + k)
+        model = make(torch.Generator().manual_seed(seed + k)).eval()
+        out += [metrics.gradient_alignment(model, x, y, e) for e in eps_values]
+    return out / n_inits
+
+
+EQ6_FILTERS = {"smooth (box) filter": torch.ones(27, dtype=torch.float64) / 27,
+               "Laplace filter": torch.tensor(LAPLACE_KERNELS["8"], dtype=torch.float64)
+               .expand(3, 3, 3).reshape(-1) / 16}
+
+
+def eq6_check(x: torch.Tensor, eps: float, *, actives=(0.5, 0.1, 0.02),
+              generator: torch.Generator | None = None) -> tuple[list, float]:
+    """Eq. 6 against autograd for single-filter CNNs on image patches, in float64.
+
+    Implements: andriushchenko2020 eq. 6 on images cropped to a multiple of 3 pixels, for a
+    smooth and a Laplace filter (EQ6_FILTERS) with the bias set so that a given fraction of
+    the units is active at the clean images (between two pre-activations, nudged by 1e-9 so
+    that no unit sits at the ReLU's kink, where autograd takes relu'(0) = 0).
+    Args:
+        x: images in [0, 1], [B, C, H, W]. eps: radius of the uniform noise eta.
+        actives: fractions of active units. generator: for eta and the output weights u.
+    Returns:
+        (table rows, the largest |eq. 6 - autograd| over all cases).
+    """
+    h, w_ = x.shape[2] // 3 * 3, x.shape[3] // 3 * 3
+    x = x[:, :, :h, :w_].double()
+    eta = (2 * torch.rand(x.shape, generator=generator, dtype=torch.float64) - 1) * eps
+    z, z_eta = image_patches(x), image_patches(eta)
+    u = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
+    rows, worst = [], 0.0
+    for name, w in EQ6_FILTERS.items():
+        ranked = (z @ w).flatten().sort(descending=True).values
+        for active in actives:
+            k = max(1, int(active * ranked.numel()))
+            b = -float(ranked[k - 1] + ranked[k]) / 2 + 1e-9
+            row, diff = _eq6_row(name, x, eta, z, z_eta, w, b, u)
+            rows.append(row)
+            worst = max(worst, diff)
+    return rows, worst
+
+
+def _eq6_row(name, x, eta, z, z_eta, w, b, u) -> tuple[dict, float]:
+    from fatlib import metrics
+
+    cos6 = eq6_cosine(w, b, u, z, z_eta)
+    cos_ad = metrics.cosine(single_filter_input_gradient(x, w, b, u),
+                            single_filter_input_gradient(x + eta, w, b, u))
+    ok = ~torch.isnan(cos6)
+    diff = float((cos6[ok] - cos_ad[ok]).abs().max())
+    return ({"filter": name, "active at x": f"{float((z @ w + b >= 0).double().mean()):.3f}",
+             "active at x + eta": f"{float(((z + z_eta) @ w + b >= 0).double().mean()):.3f}",
+             "eq. 6 (mean)": f"{float(cos6[ok].mean()):.3f}",
+             "autograd (mean)": f"{float(cos_ad[ok].mean()):.3f}",
+             "max |difference|": f"{diff:.1e}"}, diff)
+
+
+def initial_model(config) -> nn.Module:
+    """The model of a TrainConfig at initialisation, as fatlib.train builds it (same seed).
+
+    Implements: the start point of andriushchenko2020 Fig. 6 (filter norms and directions at
+    initialisation) for a run or record whose final weights are all that is kept.
+    """
+    torch.manual_seed(config.seed)
+    return build(config.model, config.dataset, **config.model_kw).eval()
+
+
+
+@dataclass(frozen=True)
+class Cnn1Analysis:
+    """What andriushchenko2020 §4 inspects in a trained 4-filter CNN (:func:`analyse_cnn1`).
+
+    Fields: ``alignment`` (eq. 5 of the model), ``zeroed`` (its alignment with each filter set
+    to zero), ``offending`` (the filter whose removal raises the alignment most), ``regular``
+    (the filter whose removal changes it least), ``gain`` (noise gain per filter),
+    ``laplace`` (cosine to the 8-neighbour Laplace kernel), ``norms`` (filter and outgoing
+    norms), ``flips`` (ReLU activity at x and x + eta), ``loud`` (filters with noise gain > 1)
+    and ``zeroed_loud`` (alignment with all of those zeroed, or None).
+    """
+
+    alignment: float
+    zeroed: list
+    offending: int
+    regular: int
+    gain: torch.Tensor
+    laplace: torch.Tensor
+    norms: dict
+    flips: dict
+    loud: list
+    zeroed_loud: float | None
+
+
+def analyse_cnn1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                 seed: int = 0) -> Cnn1Analysis:
+    """Gradient alignment with each filter zeroed, noise gains, Laplace cosines, norms, flips.
+
+    Implements: andriushchenko2020 §4 (Figs 5-7, "setting w4 to zero"); the offending filter
+    is found without looking at it, as the one whose removal raises the alignment most. Every
+    alignment uses the same noise (torch seeded with `seed`).
+    Args:
+        model: a trained cnn1. x, y: test images in [0, 1] and labels. eps: radius (pixels).
+    Returns:
+        Cnn1Analysis.
+    """
+    from fatlib import metrics
+
+    def alignment(m):
+        torch.manual_seed(seed)
+        return metrics.gradient_alignment(m, x, y, eps)
+
+    m = _cnn1_parts(model)[1].out_channels
+    base = alignment(model)
+    zeroed = [alignment(zero_filters(model, i)) for i in range(m)]
+    gain = noise_gain(model, x, eps, generator=torch.Generator().manual_seed(seed))
+    loud = [i for i in range(m) if float(gain[i]) > 1]
+    return Cnn1Analysis(
+        alignment=base, zeroed=zeroed, offending=int(np.argmax(zeroed)),
+        regular=int(np.argmin([abs(z - base) for z in zeroed])), gain=gain,
+        laplace=laplace_cosine(pixel_filters(model)[0]), norms=filter_norms(model),
+        flips=activation_flips(model, x, eps, generator=torch.Generator().manual_seed(seed)),
+        loud=loud, zeroed_loud=alignment(zero_filters(model, loud)) if loud else None)
+
+
+def filter_rows(a: Cnn1Analysis, initial: nn.Module | None = None) -> list:
+    """Table rows of a Cnn1Analysis, one per filter (+ growth since `initial` if given)."""
+    grown = filter_norms(initial) if initial is not None else None
+    rows = []
+    for i in range(len(a.zeroed)):
+        row = {"filter": f"w{i + 1}" + (" (offending)" if i == a.offending else ""),
+               "noise gain": f"{float(a.gain[i]):.2f}",
+               "Laplace cos": f"{float(a.laplace[i]):+.2f}",
+               "ReLU on at x / x + eta": f"{float(a.flips['active'][i]):.2f} / "
+                                         f"{float(a.flips['active_noisy'][i]):.2f}",
+               "switched by eta": f"{float(a.flips['flipped'][i]):.2f}",
+               "alignment with it zeroed": f"{a.zeroed[i]:.3f}"}
+        if grown is not None:
+            row["||w|| / ||u||, growth since init"] = (
+                f"{float(a.norms['filter'][i] / grown['filter'][i]):.1f}x / "
+                f"{float(a.norms['outgoing'][i] / grown['outgoing'][i]):.1f}x")
+        rows.append(row)
+    return rows + [{"filter": "none zeroed", "alignment with it zeroed": f"{a.alignment:.3f}"}]
+
+
+def filter_image(w: torch.Tensor, zoom: int = 20) -> np.ndarray:
+    """A [C, 3, 3] filter as an RGB uint8 image, scaled to its own range (grey = 0)."""
+    w = w.permute(1, 2, 0).numpy()
+    top = max(float(np.abs(w).max()), 1e-12)
+    return np.round(255 * (0.5 + 0.5 * w / top)).astype(np.uint8).repeat(zoom, 0).repeat(zoom, 1)
+
+
+def filters_figure(models_: dict, offending: int):
+    """andriushchenko2020 Fig. 5: the pixel-space filters of several models (one row each).
+
+    Args:
+        models_: row title (e.g. 'initialisation', 'end of training') -> cnn1 model.
+        offending: the index marked with '*'.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    m = len(pixel_filters(next(iter(models_.values())))[0])
+    fig = make_subplots(rows=len(models_), cols=m, vertical_spacing=0.12,
+                        subplot_titles=[f"w{i + 1}{'*' if i == offending else ''}, {t}"
+                                        for t in models_ for i in range(m)])
+    for r, model in enumerate(models_.values(), 1):
+        for i, w in enumerate(pixel_filters(model)[0]):
+            fig.add_trace(go.Image(z=filter_image(w), hoverinfo="skip"), row=r, col=i + 1)
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    return fig.update_layout(height=240 * len(models_), margin=dict(t=90),
+                             title="Pixel-space filters; * the offending filter")
+
+
+def growth_figure(initial: nn.Module, final: nn.Module, offending: int):
+    """andriushchenko2020 Fig. 6, start and end: each filter's pixel-space norm and outgoing
+    norm at initialisation and at the end, and the cosine between its two directions."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from fatlib import metrics
+
+    start, end = filter_norms(initial), filter_norms(final)
+    w0, w1 = pixel_filters(initial)[0], pixel_filters(final)[0]
+    names = [f"w{i + 1}" + ("*" if i == offending else "") for i in range(len(w0))]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["||w_i||_2 (pixel space)",
+                                                        "||u_i||_2 (outgoing)",
+                                                        "cos(w_i at init, w_i at the end)"])
+    for col, key in ((1, "filter"), (2, "outgoing")):
+        for when, norms in (("initialisation", start), ("end", end)):
+            fig.add_trace(go.Bar(x=names, y=norms[key].tolist(), name=when,
+                                 showlegend=col == 1, legendgroup=when), row=1, col=col)
+    fig.add_trace(go.Bar(x=names, y=metrics.cosine(w0, w1).tolist(), showlegend=False),
+                  row=1, col=3)
+    return fig.update_layout(height=360, template="plotly_white", barmode="group")
+
+
+def feature_maps_figure(model: nn.Module, x0: torch.Tensor, eps: float, regular: int,
+                        offending: int, *, seed: int = 0):
+    """andriushchenko2020 Fig. 7: an image and its feature maps x * w_i + b_i (before the ReLU)
+    for a regular and the offending filter, without and with uniform noise eta (blue < 0)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    eta = ThreatModel("linf", eps).random_init(x0, generator=torch.Generator().manual_seed(seed))
+    inputs = {"x": x0, "x + eta": (x0 + eta).clamp(0, 1)}
+    maps = {k: preactivations(model, v)[0] for k, v in inputs.items()}
+    fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.08, vertical_spacing=0.1,
+                        subplot_titles=[f"{k}{t}" for k in inputs for t in
+                                        ("", f" * w{regular + 1} (regular)",
+                                         f" * w{offending + 1} (offending)")])
+    for r, (name, inp) in enumerate(inputs.items(), 1):
+        image = np.round(inp[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        fig.add_trace(go.Image(z=image), row=r, col=1)
+        for c, i in ((2, regular), (3, offending)):
+            lim = float(maps["x + eta"][i].abs().max())
+            fig.add_trace(go.Heatmap(z=maps[name][i].numpy()[::-1], zmid=0, zmin=-lim, zmax=lim,
+                                     colorscale="RdBu_r", showscale=False), row=r, col=c)
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    return fig.update_layout(height=560, template="plotly_white",
+                             title=f"Feature maps of a test image, eps = {eps * 255:.3g}/255")

@@ -3,9 +3,10 @@
 Every chapter ends with a table of verdicts; chapters never type a verdict word, they call
 :func:`compare` (a number against the paper's), :func:`check` (a stated qualitative claim,
 tested by one of the rules :func:`greater`, :func:`collapses`, :func:`survives`,
-:func:`all_of`) or :func:`not_run` (what a comparison would need). Each returns a frozen
-:class:`Verdict`; ``Verdict.row()`` is one row of the chapter's closing table and of the
-JSON file (:func:`write_rows`) that the scoreboard page gathers (:func:`read_rows`).
+:func:`within` (a value without a binomial error against a stated bound), :func:`all_of`)
+or :func:`not_run` (what a comparison would need). Each returns a frozen :class:`Verdict`;
+``Verdict.row()`` is one row of the chapter's closing table and of the JSON file
+(:func:`write_rows`) that the scoreboard page gathers (:func:`read_rows`).
 The rule is explained for readers on the book page ``book/opening/verdicts.md``.
 
 Our 95% interval (:func:`interval`). ``k`` measurements ``x_1..x_k`` (one per seed;
@@ -469,6 +470,66 @@ def survives(values: Sequence[float], n: int, *, name: str = "A",
     return RuleResult(rule="survives", passed=passed, ours=ours, detail=detail)
 
 
+def _bounds(bound, k: int, what: str) -> list[float]:
+    """A bound given as one number or one per value, as k floats (inf allowed)."""
+    if isinstance(bound, (int, float)) and not isinstance(bound, bool):
+        return [float(bound)] * k
+    values = [float(b) for b in bound]
+    if len(values) != k or any(math.isnan(b) for b in values):
+        raise ValueError(f"{what}: pass one number for all values or one per value ({k}), "
+                         f"not NaN; got {bound!r}")
+    return values
+
+
+def _num(value: float, digits: int, sign: str = "") -> str:
+    """A number with `digits` decimals, or in e-notation when it is too small to show so."""
+    if value != 0 and abs(value) < 10.0 ** -digits:
+        return f"{value:{sign}.1e}"
+    return f"{value:{sign}.{digits}f}"
+
+
+def _range_text(lo: float, hi: float, digits: int) -> str:
+    if math.isinf(lo):
+        return f"<= {_num(hi, digits)}"
+    if math.isinf(hi):
+        return f">= {_num(lo, digits)}"
+    return f"in [{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def within(values: Sequence[float], *, lo=-math.inf, hi=math.inf, name: str = "A",
+           digits: int = 3) -> RuleResult:
+    """Bound rule: every value lies in [lo, hi] (one bound for all values, or one per value).
+
+    For a quantity without a binomial error, where the interval rules do not apply: an exact
+    computation against the paper's printed value (lo, hi = that value -/+ half a unit of
+    its last printed digit: 'about 7/255' gives [6.5, 7.5]), an identity checked in floating
+    point (its rounding tolerance), or a statistic against a bound that the paper or a lemma
+    states ('never above 1.05'; 'at least Lemma 2's bound').
+    Args:
+        values: the computed values.
+        lo, hi: the bounds, a number or one per value (-inf / inf for a one-sided bound).
+        name: what the values are ('equivalent FGSM step (/255)').
+        digits: decimals in the texts.
+    Returns:
+        RuleResult; its detail gives the bound and the smallest margin (negative: outside).
+    Raises:
+        ValueError: empty or non-finite values, bounds of the wrong length, or lo > hi.
+    """
+    vals = _values(values, f"{name} values")
+    los, his = _bounds(lo, len(vals), "lo"), _bounds(hi, len(vals), "hi")
+    if any(a > b for a, b in zip(los, his)):
+        raise ValueError(f"within(): lo must not exceed hi, got lo={lo!r}, hi={hi!r}")
+    margin = min(min(v - a, b - v) for v, a, b in zip(vals, los, his))
+    d = digits
+    shared = len(set(los)) == 1 and len(set(his)) == 1
+    bound = (_range_text(los[0], his[0], d) if shared else "each within its own bound")
+    passed = margin >= 0
+    detail = (f"{name} {bound}: " + ("so" if passed else "not so")
+              + f" (smallest margin {_num(margin, d, '+')})")
+    ours = f"{name} " + ", ".join(_num(v, d) for v in vals)
+    return RuleResult(rule="within", passed=passed, ours=ours, detail=detail)
+
+
 def all_of(*results: RuleResult) -> RuleResult:
     """A claim made of several rules ('FGSM collapses, FGSM-RS does not'): passes when all do.
 
@@ -502,8 +563,8 @@ def check(artifact: str, claim: str, rule: RuleResult, *, paper: str, scale: str
     Args:
         artifact: the paper's table/figure ('wong2020 Table 1').
         claim: the claim in words ('FGSM collapses, FGSM-RS does not').
-        rule: the result of :func:`greater`, :func:`collapses`, :func:`survives` or
-            :func:`all_of` on our measurements.
+        rule: the result of :func:`greater`, :func:`collapses`, :func:`survives`,
+            :func:`within` or :func:`all_of` on our measurements.
         paper: the paper's evidence for the claim, as text ('FGSM 0.00%, FGSM-RS 46.06%').
         scale: '<kind>: <what>' (see :data:`SCALES`), naming the settings.
         reason: the likely reason should the claim fail here; required when it does.

@@ -1,6 +1,7 @@
 """Tests of fatlib.theory (andriushchenko2020 Lemma 1, Lemma 2, eq. 6, cnn1 analyses). Seconds."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -195,3 +196,65 @@ def test_noise_gain_is_larger_for_a_high_frequency_filter(cnn1):
     gain = theory.noise_gain(cnn1, x, 8 / 255, generator=torch.Generator().manual_seed(0))
     assert gain.shape == (4,)
     assert float(gain[1]) > 3 * float(gain[0])
+
+
+# --- what the andriushchenko2020 pages show ---
+
+def test_lemma1_ratio_and_figure():
+    g = torch.Generator().manual_seed(0)
+    assert 0.99 < theory.lemma1_ratio(1.25 * EPS, EPS, 3072, n_samples=100, generator=g) <= 1.001
+    fig = theory.lemma1_figure([1, 3072], EPS, n_alpha=3, n_samples=10, generator=g)
+    assert len(fig.layout.sliders[0].steps) == 2 and len(fig.data) == 1 + 2 * 2
+
+
+def test_lemma1_box_rows_are_shorter_with_the_box():
+    torch.manual_seed(0)
+    model = theory.lemma2_model(4, "cifar10", generator=torch.Generator().manual_seed(0))
+    x = torch.rand(8, 3, 32, 32) ** 4        # many dark pixels: the box cuts coordinates
+    rows = theory.lemma1_box_rows(model, x, torch.randint(0, 10, (8,)), EPS)
+    assert [r["attack"].split()[0] for r in rows] == ["FGSM", "FGSM-RS", "FGSM-RS"]
+    assert all(float(r["ratio"]) <= 1.0 for r in rows)
+
+
+def test_alignment_at_init_and_eq6_check():
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (4,))
+    make = lambda gen: theory.lemma2_model(4, "cifar10", generator=gen)  # noqa: E731
+    values = theory.alignment_at_init(make, x, y, [1 / 255, 64 / 255], n_inits=2)
+    assert values.shape == (2,) and values[0] > values[1] and values[0] > 0.95
+    rows, worst = theory.eq6_check(x, 10 / 255, generator=torch.Generator().manual_seed(0))
+    assert len(rows) == 2 * 3 and worst < 1e-9
+    assert {r["filter"] for r in rows} == set(theory.EQ6_FILTERS)
+
+
+def test_initial_model_is_the_training_loops_start(tmp_path):
+    from fatlib.train import TrainConfig, train
+
+    cfg = TrainConfig(dataset="cifar10", model="cnn1", model_kw={"n_filters": 4}, n_train=8,
+                      batch_size=8, epochs=1, n_eval=0, final_n_eval=0, seed=3)
+    start = train(cfg, max_steps=0).model.state_dict()
+    for k, v in theory.initial_model(cfg).state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_analyse_cnn1_finds_the_filter_whose_removal_restores_alignment(cnn1):
+    x = torch.nn.functional.avg_pool2d(torch.rand(8, 3, 32, 32), 5, 1, 2)
+    with torch.no_grad():   # filter 2: a loud Laplace filter with large outgoing weights
+        cnn1.conv.weight[2] = 5 * torch.tensor(theory.LAPLACE_KERNELS["8"])
+        cnn1.conv.bias[2] = -0.05
+        cnn1.linear.weight.view(10, 4, -1)[:, 2] *= 20
+    a = theory.analyse_cnn1(cnn1, x, torch.randint(0, 10, (8,)), 8 / 255)
+    assert a.offending == 2 and a.zeroed[2] > a.alignment
+    assert int(torch.argmax(a.gain)) == 2 and float(a.laplace[2]) > 0.99
+    assert a.loud == [i for i in range(4) if float(a.gain[i]) > 1]
+    rows = theory.filter_rows(a, theory.initial_model(
+        SimpleNamespace(seed=0, model="cnn1", dataset="cifar10", model_kw={"n_filters": 4})))
+    assert rows[2]["filter"] == "w3 (offending)" and rows[-1]["filter"] == "none zeroed"
+
+
+def test_cnn1_figures_build(cnn1):
+    x = torch.rand(1, 3, 32, 32)
+    assert len(theory.filters_figure({"a": cnn1, "b": cnn1}, 0).data) == 8
+    assert len(theory.growth_figure(cnn1, cnn1, 1).data) == 5
+    assert len(theory.feature_maps_figure(cnn1, x, 8 / 255, 0, 1).data) == 6
+    assert theory.filter_image(torch.zeros(3, 3, 3)).shape == (60, 60, 3)

@@ -180,6 +180,30 @@ def test_qualitative_claim_passing_and_failing():
     assert "FGSM-RS does not collapse" in differs.detail
 
 
+def test_within_checks_values_without_a_binomial_error_against_bounds():
+    # an exact computation against the paper's printed value: 'about 7/255' is [6.5, 7.5]
+    step = V.within([7.1], lo=6.5, hi=7.5, name="FGSM step (/255)", digits=2)
+    assert step.passed and step.ours == "FGSM step (/255) 7.10"
+    assert step.detail == "FGSM step (/255) in [6.50, 7.50]: so (smallest margin +0.40)"
+    assert V.check("Lemma 1", "7/255", step, paper="about 7/255",
+                   scale=PAPER).verdict == V.REPRODUCED
+    # one-sided bounds, and one bound per value (a measured curve above a computed bound)
+    assert V.within([1.03, 1.04], hi=1.05).passed
+    ratio = V.within([1.03, 1.07], hi=1.05, name="ratio")
+    assert not ratio.passed and ratio.detail == "ratio <= 1.050: not so (smallest margin -0.020)"
+    assert V.within([0.9, 0.7], lo=[0.8, 0.6]).passed
+    assert not V.within([0.9, 0.5], lo=[0.8, 0.6]).passed
+    assert "each within its own bound" in V.within([0.9, 0.7], lo=[0.8, 0.6]).detail
+    assert V.within([0.5], lo=0.5, hi=0.5).passed                   # bounds are inclusive
+    tiny = V.within([2.2e-16], hi=1e-9, name="max |difference|")      # too small for decimals
+    assert tiny.passed and tiny.ours == "max |difference| 2.2e-16"
+    assert tiny.detail.startswith("max |difference| <= 1.0e-09: so")
+    for bad in (dict(values=[], lo=0), dict(values=[float("nan")], lo=0),
+                dict(values=[1.0, 2.0], lo=[0.0]), dict(values=[1.0], lo=2.0, hi=1.0)):
+        with pytest.raises(ValueError):
+            V.within(**bad)
+
+
 def test_a_qualitative_claim_needs_a_rule_and_a_named_scale():
     with pytest.raises(ValueError, match="needs a rule"):
         V.check("T1", "A above B", None, paper="p", scale=RECORD)
