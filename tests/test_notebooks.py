@@ -80,6 +80,51 @@ def test_no_core_logic_in_notebooks(path):
                 "loops belong in fatlib")
 
 
+VERDICT_WORDS = re.compile(r"reproduced|differs|not run here", re.I)
+MAX_CODE_LINES = 150     # per notebook (issue 13: thin chapters)
+MAX_FUNCTION_LINES = 10  # a longer function belongs in fatlib
+CONTENT_CHAPTERS = [p for p in NOTEBOOKS if p.parent.name not in ("appendix", "book")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_verdict_is_typed_in_a_notebook(path):
+    typed = [line.strip() for source in _code(path) for line in source.splitlines()
+             if VERDICT_WORDS.search(line)]
+    assert not typed, (f"{path.name} types a verdict word in code: {typed[:3]}; verdicts come "
+                       "from fatlib.verdicts (compare / check / not_run, chapter.queued)")
+
+
+@pytest.mark.parametrize("path", CONTENT_CHAPTERS, ids=lambda p: p.stem)
+def test_every_content_chapter_ends_with_a_closing_table(path):
+    assert any("closing_table(" in source for source in _code(path)), (
+        f"{path.name} has no fatlib.chapter.closing_table: the scoreboard cannot see its verdicts")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_thin(path):
+    import ast
+
+    code = _code(path)
+    lines = sum(len(source.splitlines()) for source in code)
+    assert lines <= MAX_CODE_LINES, f"{path.name}: {lines} code lines (at most {MAX_CODE_LINES})"
+    for source in code:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= MAX_FUNCTION_LINES, (
+                    f"{path.name}: function {node.name} has {length} lines (at most "
+                    f"{MAX_FUNCTION_LINES}); move it into fatlib")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
+    prose = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "markdown")
+    used = set(re.findall(r"\{glue(?::\w+)?\}`([\w.-]+)`", prose))
+    code = "\n".join(_code(path))
+    missing = sorted(n for n in used if not re.search(rf"\b{re.escape(n)}\s*=", code))
+    assert not missing, f"{path.name}: the prose uses glued names no code cell sets: {missing}"
+
+
 def test_toc_lists_every_page_and_only_existing_ones():
     listed = {p.resolve() for p in book.toc_files(ROOT)}
     missing = [p.relative_to(ROOT).with_suffix("").as_posix() for p in PAGES
