@@ -101,28 +101,6 @@ def glue_text(**values: str) -> None:
         glue(name, Markdown(value), display=False)
 
 
-def queued_record(name: str):
-    """The record of a queue entry if it has been made with the queue's config, else None.
-
-    Args:
-        name: a record name in data/record_queue.json.
-    Returns:
-        fatlib.runs.Record, or None while the record is not made (or holds another config).
-    Raises:
-        ValueError: `name` is not in the record queue.
-    """
-    from fatlib import runs
-
-    entries = {e.name: e for e in runs.load_queue()}
-    if name not in entries:
-        raise ValueError(f"{name!r} is not in the record queue ({runs.queue_file()}); add it there")
-    try:
-        record = runs.load_record(name)
-    except FileNotFoundError:
-        return None
-    return record if record.config == entries[name].config else None
-
-
 def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "") -> verdicts.Verdict:
     """The verdict row of a comparison whose record is queued but not made yet.
 
@@ -144,3 +122,27 @@ def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "
     return verdicts.not_run(artifact, claim, paper=paper, scale=scale,
                             need=f"the record {record}, queued in data/record_queue.json (made by "
                                  f"`python -m fatlib records run --only {record}`)")
+
+
+def made_record(record: str):
+    """The record `record` if the queue has made it with the config its entry asks for.
+
+    A page reads its record-scale rows by name: this gives the Record when it exists and its
+    config equals the entry's in data/record_queue.json, else None (show a :func:`queued` row).
+    Args:
+        record: the record's name in data/record_queue.json.
+    Returns:
+        fatlib.runs.Record or None.
+    Raises:
+        ValueError: `record` is not in the record queue.
+    """
+    from fatlib import runs
+
+    entries = {e.name: e for e in runs.load_queue()}
+    if record not in entries:
+        raise ValueError(f"{record!r} is not in the record queue ({runs.queue_file()})")
+    try:
+        found = runs.load_record(record)
+    except FileNotFoundError:
+        return None
+    return found if found.config == entries[record].config else None

@@ -26,7 +26,7 @@ from plotly.subplots import make_subplots
 
 RENDERER = "fatlib"
 VERDICTS = ("reproduced at reduced scale", "reproduced", "differs", "not run here")
-_VERDICT_COLOURS = {"reproduced": "#d9f2d9", "reproduced at reduced scale": "#eaf6d5",
+VERDICT_COLOURS = {"reproduced": "#d9f2d9", "reproduced at reduced scale": "#eaf6d5",
                     "differs": "#fde2c8", "not run here": "#e8e8e8"}
 _CONFIG = {"displaylogo": False, "responsive": True}
 _TRUE, _WRONG, _OTHER = "#2ca02c", "#d62728", "#9aa5b1"
@@ -299,6 +299,110 @@ def history_figure(histories, *, x: str = "epoch", panels: Sequence[Sequence[str
     return _layout(fig, title, 380, legend=dict(orientation="h", y=-0.25))
 
 
+_RUN_KEYS = (("clean_acc", "clean", "#2ca02c"), ("fgsm_acc", "FGSM", "#ff7f0e"),
+             ("pgd_acc", "PGD", "#1f77b4"))
+
+
+def _labelled_runs(results: dict) -> list:
+    """(label, run) of name -> run or list of runs (runs, records: .config, .history, .metrics);
+    a run of a list of several is labelled with its seed."""
+    pairs = []
+    for name, items in results.items():
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        pairs += [(f"{name}, seed {r.config.seed}" if len(items) > 1 else name, r) for r in items]
+    return pairs
+
+
+def _x_value(entry: dict, x: str):
+    """A history entry's x: the key itself, or 'minutes' of training (attack + update time)."""
+    if x == "minutes" and x not in entry:
+        return (entry["time_attack"] + entry["time_update"]) / 60
+    return entry.get(x)
+
+
+def runs_curves(results: dict, keys: dict, *, x: str = "epoch", title: str | None = None,
+                height: int = 400) -> go.Figure:
+    """Training curves of several runs: one panel per history key, one colour per run.
+
+    Args:
+        results: name -> run or list of runs (fatlib Run or Record; several seeds each).
+        keys: history key -> panel title, e.g. {"pgd_acc": "PGD-10 accuracy (%)"}.
+        x: the history key on the x axis, or 'minutes' (training time, attack + update).
+    Returns:
+        go.Figure; a run's traces share one legend entry.
+    """
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=list(keys.values()),
+                        horizontal_spacing=0.08)
+    palette = pio.templates["plotly_white"].layout.colorway
+    for i, (label, run) in enumerate(_labelled_runs(results)):
+        for col, key in enumerate(keys, 1):
+            points = [(_x_value(h, x), h[key]) for h in run.history if h.get(key) is not None]
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                     mode="lines+markers", name=label, legendgroup=label,
+                                     showlegend=col == 1,
+                                     line=dict(color=palette[i % len(palette)])), row=1, col=col)
+    fig.update_xaxes(title=x)
+    return _layout(fig, title, height, legend=dict(orientation="h", y=-0.25))
+
+
+def runs_table(results: dict, *, diagnose: bool = True) -> Table:
+    """One row per run: final standard, FGSM and PGD accuracy (%), the final attack, test
+    images, and the catastrophic overfitting that ``fatlib.overfitting.diagnose`` finds.
+
+    Args:
+        results: name -> run or list of runs (fatlib Run or Record).
+        diagnose: add the catastrophic-overfitting column (its rule reads histories of
+            CIFAR-10 runs; early MNIST training at eps 0.3 trips its FGSM-PGD gap).
+    """
+    from fatlib import overfitting
+
+    rows = []
+    for label, run in _labelled_runs(results):
+        m = run.metrics
+        rows.append({"run": label, "standard": f"{m['clean_acc']:.1f}%",
+                     "FGSM": f"{m['fgsm_acc']:.1f}%", "PGD": f"{m['pgd_acc']:.1f}%",
+                     "final attack": m.get("attack", ""), "test images": f"{m['n']:,}"})
+        if diagnose:
+            rows[-1]["catastrophic overfitting"] = overfitting.diagnose(run).text
+    return table(rows)
+
+
+def _run_panel(value: float, run) -> list:
+    """The slider panel of one run: its curves (left) and its final accuracies marked (right)."""
+    curves = [(go.Scatter(x=[h["epoch"] for h in run.history], y=[h.get(k) for h in run.history],
+                          mode="lines+markers", name=f"{label} during training",
+                          line=dict(color=colour)), 1, 1) for k, label, colour in _RUN_KEYS]
+    mark = go.Scatter(x=[value] * 3, y=[run.metrics[k] for k, _, _ in _RUN_KEYS], mode="markers",
+                      marker=dict(size=14, symbol="circle-open", color="black",
+                                  line=dict(width=2)), name="selected run")
+    return curves + [(mark, 1, 2)]
+
+
+def runs_slider(results: dict, *, label: str, value_labels: Sequence[str], x_title: str,
+                active: int = 0, title: str | None = None) -> go.Figure:
+    """A slider over runs that differ in one value (a step size, an eps): the selected run's
+    clean / FGSM / PGD curves during training, and every run's final accuracies.
+
+    Args:
+        results: value -> run (fatlib Run or Record), in slider order.
+        label: the slider's name ('alpha'); value_labels: how each value is written.
+        x_title: the right panel's x axis (the values).
+        active: the step shown when the page loads.
+    """
+    values = list(results)
+    static = [(go.Scatter(x=values, y=[results[v].metrics[k] for v in values],
+                          mode="lines+markers", name=f"final {name} accuracy",
+                          line=dict(color=colour, dash="dot")), 1, 2)
+              for k, name, colour in _RUN_KEYS]
+    fig = eps_slider_figure(values, [_run_panel(v, results[v]) for v in values], rows=1, cols=2,
+                            static=static, label=label, value_labels=value_labels, active=active,
+                            subplot_titles=["training curves of the selected run",
+                                            "final accuracy of every run"], title=title, height=480)
+    fig.update_xaxes(title="epoch", row=1, col=1)
+    fig.update_xaxes(title=x_title, row=1, col=2)
+    return fig.update_yaxes(title="accuracy (%)", range=[0, 100])
+
+
 def norm_balls_figure(eps: float, angles: Sequence[float], grads, linf_steps, l2_steps, *,
                       title: str | None = None) -> go.Figure:
     """Two-pixel picture of the threat models: the l-inf square and the l2 disc of radius
@@ -376,46 +480,6 @@ def verdict_kind(verdict: str) -> str:
                      f"got {verdict!r}")
 
 
-def verdict(paper: float, ours: float, *, tolerance: float, reduced: bool,
-            reason: str = "") -> str:
-    """The verdict of one comparison: within ``tolerance`` of the paper's number it is
-    'reproduced' (or 'reproduced at reduced scale' when ``reduced``), else 'differs: reason'.
-
-    Args:
-        paper, ours: the two numbers, in the same unit (e.g. percent).
-        tolerance: the largest |ours - paper| still called reproduced (same unit).
-        reduced: ours came from smaller settings than the paper's (fewer epochs, examples).
-        reason: why they may differ (said when they do).
-    """
-    if abs(ours - paper) <= tolerance:
-        return "reproduced at reduced scale" if reduced else "reproduced"
-    gap = f"{ours - paper:+.3g} (tolerance {tolerance:g})"
-    return f"differs: {gap}" + (f"; {reason}" if reason else "")
-
-
-def comparison_row(what: str, paper: float, ours: float | None, *, settings: str,
-                   tolerance: float, reduced: bool, reason: str = "", missing: str = "",
-                   unit: str = "%", digits: int = 2) -> dict:
-    """One row of :func:`comparison_table` from two numbers, with its verdict.
-
-    Args:
-        what: the quantity ('PGD accuracy, eps = 0.3').
-        paper: the paper's number; ours: ours, or None when not computed here.
-        settings: where each number came from ('paper: ...; ours: ...').
-        tolerance, reduced, reason: see :func:`verdict`.
-        missing: what it would take to compute ours (said when ours is None).
-        unit, digits: how the numbers are written.
-    """
-    def fmt(v):
-        return f"{v:.{digits}f}{unit}"
-
-    if ours is None:
-        return dict(what=what, paper=fmt(paper), ours="-", settings=settings,
-                    verdict=f"not run here: {missing}" if missing else "not run here")
-    return dict(what=what, paper=fmt(paper), ours=fmt(ours), settings=settings,
-                verdict=verdict(paper, ours, tolerance=tolerance, reduced=reduced, reason=reason))
-
-
 def comparison_table(rows: Sequence[dict]) -> Table:
     """The paper-vs-ours table that ends every chapter.
 
@@ -434,4 +498,4 @@ def comparison_table(rows: Sequence[dict]) -> Table:
             raise ValueError(f"comparison row {row} lacks {missing}; needs {columns}")
     kinds = [verdict_kind(r["verdict"]) for r in rows]
     return Table(columns, [[r[c] for c in columns] for r in rows],
-                 [_VERDICT_COLOURS[k] for k in kinds])
+                 [VERDICT_COLOURS[k] for k in kinds])

@@ -41,7 +41,7 @@ NOT_IN_BOOK = "not in the book yet"
 NO_VERDICT = "no verdict from its chapter yet"
 STATUSES = verdicts.VERDICTS + (NO_VERDICT, NOT_IN_BOOK)
 COLUMNS = ("paper", "artifact", "chapter", "scale", "paper vs ours", "verdict")
-_COLOURS = {**plots._VERDICT_COLOURS, NO_VERDICT: "#f6f6f6", NOT_IN_BOOK: "#ffffff"}
+_COLOURS = {**plots.VERDICT_COLOURS, NO_VERDICT: "#f6f6f6", NOT_IN_BOOK: "#ffffff"}
 _CHAPTER_RE = re.compile(r"^book/[A-Za-z0-9_][A-Za-z0-9_/-]*$")
 
 

@@ -351,11 +351,8 @@ class RecordScale(Source):
 
     @functools.lru_cache(maxsize=None)
     def _record(self, name: str):
-        try:
-            record = runs.load_record(name)
-        except FileNotFoundError:
-            raise Queued(name) from None
-        if record.config != self.entries[name].config:
+        record = chapter.made_record(name)
+        if record is None:
             raise Queued(name)
         return record
 

@@ -134,12 +134,3 @@ def test_queued_names_the_record_and_refuses_one_not_in_the_queue():
     assert v.verdict == verdicts.NOT_RUN and "scale_preact18_w16_fgsm_rs_8" in v.detail
     with pytest.raises(ValueError, match="not in the record queue"):
         chapter.queued("a", "b", paper="1%", record="no_such_record")
-
-
-def test_queued_record_is_the_record_made_with_the_queues_config():
-    made = chapter.queued_record("wong2020_mnist_fgsm_rs")
-    assert made is not None and made.metrics["n"] == 10000
-    assert chapter.queued_record("rs16_wong2020_pgd7_s0") is None or \
-        chapter.queued_record("rs16_wong2020_pgd7_s0").name == "rs16_wong2020_pgd7_s0"
-    with pytest.raises(ValueError, match="not in the record queue"):
-        chapter.queued_record("no_such_record")

@@ -133,6 +133,51 @@ def test_history_figure_from_histories():
     assert list(fig.data[0].x) == [0, 1, 2]
 
 
+def _fake_run(seed, pgd, history=None):
+    from types import SimpleNamespace
+
+    history = history or [{"epoch": e, "clean_acc": 30.0 + e, "fgsm_acc": 20.0 + e,
+                           "pgd_acc": 15.0 + e, "time_attack": 60.0 * e, "time_update": 60.0 * e}
+                          for e in range(3)]
+    return SimpleNamespace(config=SimpleNamespace(seed=seed), history=history,
+                           metrics={"clean_acc": 40.0, "fgsm_acc": 25.0, "pgd_acc": pgd, "n": 1000,
+                                    "attack": "PGD-20-1 (alpha 0.007843)"})
+
+
+def test_runs_curves_colour_a_run_and_show_it_once_in_the_legend():
+    results = {"FGSM-RS": [_fake_run(0, 18.0), _fake_run(1, 17.0)], "PGD": _fake_run(0, 20.0)}
+    fig = plots.runs_curves(results, {"pgd_acc": "PGD (%)", "fgsm_acc": "FGSM (%)"})
+    names = ["FGSM-RS, seed 0"] * 2 + ["FGSM-RS, seed 1"] * 2 + ["PGD"] * 2
+    assert [t.name for t in fig.data] == names
+    assert [t.showlegend for t in fig.data] == [True, False] * 3
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    assert list(fig.data[0].y) == [15.0, 16.0, 17.0]
+    minutes = plots.runs_curves({"a": _fake_run(0, 1.0)}, {"pgd_acc": "PGD"}, x="minutes")
+    assert list(minutes.data[0].x) == [0.0, 2.0, 4.0]
+
+
+def test_runs_table_diagnoses_catastrophic_overfitting():
+    collapsed = [{"epoch": 0, "fgsm_acc": 30.0, "pgd_acc": 25.0},
+                 {"epoch": 1, "fgsm_acc": 80.0, "pgd_acc": 2.0}]
+    t = plots.runs_table({"FGSM": _fake_run(0, 2.0, collapsed), "FGSM-RS": [_fake_run(0, 17.0)]})
+    assert [r[0] for r in t.rows] == ["FGSM", "FGSM-RS"]
+    assert t.rows[0][-1].startswith("collapsed at epoch 1.0")
+    assert t.rows[1][-1].startswith("no collapse") and t.rows[1][3] == "17.0%"
+    assert "PGD-20-1" in t.rows[0][4] and t.rows[0][5] == "1,000"
+    assert "catastrophic overfitting" not in plots.runs_table({"a": _fake_run(0, 1.0)},
+                                                             diagnose=False).columns
+
+
+def test_runs_slider_marks_the_selected_run():
+    results = {1.0: _fake_run(0, 18.0), 2.0: _fake_run(0, 1.0)}
+    fig = plots.runs_slider(results, label="alpha", value_labels=["8/255", "16/255"],
+                            x_title="alpha / eps", active=1)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["8/255", "16/255"]
+    assert len(fig.data) == 3 + 2 * 4  # 3 static finals, 3 curves + 1 marker per run
+    marker = [t for t in fig.data if t.name == "selected run"]
+    assert [m.visible for m in marker] == [False, True] and list(marker[1].x) == [2.0] * 3
+
+
 def test_norm_balls_figure(mnist):
     g = torch.tensor([[1.0, 0.5]]).view(1, 1, 1, 2)
     steps = {n: ThreatModel(n, 0.2).step(torch.zeros_like(g), g, 0.2).view(-1, 2)
@@ -152,29 +197,24 @@ def test_table_escapes_html_and_prints_as_text():
     assert repr(t).splitlines()[0].split() == ["a", "b"]
 
 
-def test_verdicts():
-    assert plots.verdict(88.8, 87.0, tolerance=3, reduced=False) == "reproduced"
-    assert plots.verdict(88.8, 87.0, tolerance=3, reduced=True) == "reproduced at reduced scale"
-    text = plots.verdict(88.8, 70.0, tolerance=3, reduced=True, reason="3 epochs, not 10")
-    assert text.startswith("differs: -18.8") and text.endswith("3 epochs, not 10")
+def test_verdict_kind_reads_the_word_a_verdict_text_starts_with():
     assert plots.verdict_kind("Reproduced at reduced scale: 3 epochs") == "reproduced at reduced scale"
+    assert plots.verdict_kind("differs: 3 epochs, not 10") == "differs"
     with pytest.raises(ValueError, match="must start with one of"):
         plots.verdict_kind("ok")
 
 
 def test_comparison_table_rows_and_colours():
-    rows = [plots.comparison_row("clean", 99.2, 98.9, settings="s", tolerance=1, reduced=True),
-            plots.comparison_row("pgd", 88.77, None, settings="s", tolerance=1, reduced=True,
-                                 missing="add 0.3 to eval_eps")]
-    assert rows[0]["paper"] == "99.20%" and rows[0]["ours"] == "98.90%"
-    assert rows[1]["verdict"] == "not run here: add 0.3 to eval_eps" and rows[1]["ours"] == "-"
+    rows = [dict(what="clean", paper="99.20%", ours="98.90%", settings="s",
+                 verdict="reproduced at reduced scale: FGSM-RS survives"),
+            dict(what="pgd", paper="88.77%", ours="-", settings="s",
+                 verdict="not run here: add 0.3 to eval_eps")]
     table = plots.comparison_table(rows)
     assert table.columns == ["what", "paper", "ours", "settings", "verdict"]
-    assert len(set(table.row_colours)) == 2
+    assert table.row_colours == [plots.VERDICT_COLOURS["reproduced at reduced scale"],
+                                 plots.VERDICT_COLOURS["not run here"]]
     with pytest.raises(ValueError, match="lacks"):
-        plots.comparison_table([{"what": "x"}])
-    with pytest.raises(ValueError, match="must start with one of"):
-        plots.comparison_table([dict(what="a", paper=1, ours=2, settings="s", verdict="fine")])
+        plots.comparison_table([dict(what="x", verdict="differs: y")])
 
 
 # --------------------------------------------------------------------------- widgets
