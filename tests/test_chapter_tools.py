@@ -18,10 +18,16 @@ def _history(*pairs):
 
 # --------------------------------------------------------------------------- overfitting
 
-def test_collapse_point_is_the_first_record_with_the_fgsm_pgd_gap():
-    h = _history((20, 18), (30, 15), (60, 1), (80, 0))
-    assert overfitting.collapse_point(h)["epoch"] == 2
-    assert overfitting.collapse_point(h, gap=10)["epoch"] == 1
+def test_collapse_point_is_the_first_record_with_the_fgsm_pgd_gap_after_a_loss():
+    h = _history((20, 18), (25, 9), (60, 1), (80, 0))  # threshold=0: only the gap clause
+    assert overfitting.collapse_point(h, threshold=0)["epoch"] == 2
+    assert overfitting.collapse_point(h, gap=10, threshold=0)["epoch"] == 1
+
+
+def test_a_weak_attack_early_in_training_is_not_a_collapse():
+    # MNIST at eps 0.3: FGSM accuracy 25-30 points above PGD accuracy while both rise
+    h = _history((40, 10), (70, 40), (90, 65), (95, 87))
+    assert overfitting.collapse_point(h) is None
 
 
 def test_a_small_model_that_loses_its_robustness_has_collapsed_without_a_large_gap():

@@ -177,15 +177,10 @@ def test_laplace_cosine():
         theory.laplace_cosine(torch.zeros(2, 3, 5, 5))
 
 
-def test_collapse_point():
-    history = [{"epoch": 1, "fgsm_acc": 20.0, "pgd_acc": 18.0},
-               {"epoch": 2, "fgsm_acc": 30.0, "pgd_acc": 15.0},
-               {"epoch": 3, "fgsm_acc": 60.0, "pgd_acc": 1.0},
-               {"epoch": 4, "fgsm_acc": 80.0, "pgd_acc": 0.0}]
-    assert theory.collapse_point(history)["epoch"] == 3
-    assert theory.collapse_point(history, gap=10)["epoch"] == 2
-    assert theory.collapse_point(history[:2]) is None
-    assert theory.collapse_point([{"epoch": 0}]) is None
+def test_collapse_point_is_the_one_definition():
+    from fatlib import overfitting
+
+    assert theory.collapse_point is overfitting.collapse_point
 
 
 def test_noise_gain_is_larger_for_a_high_frequency_filter(cnn1):
