@@ -414,10 +414,8 @@ def sudden_drop(histories: list, n: int, name: str = "FGSM",
 
 def max_before_collapse(history: list, key: str) -> float:
     """The largest `key` in the records before the collapse point (the whole run if none)."""
-    point = overfitting.collapse_point(history)
-    end = history.index(point) if point is not None else len(history)
-    values = [h[key] for h in history[:end] if h.get(key) is not None]
-    return max(values) if values else float("nan")
+    best = overfitting.best_before_collapse(history, key)
+    return best[key] if best is not None else float("nan")
 
 
 # --------------------------------------------------------------------------- tables, figures
