@@ -115,10 +115,7 @@ def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "
     """
     from fatlib import runs
 
-    entries = {e.name: e for e in runs.load_queue()}
-    if record not in entries:
-        raise ValueError(f"{record!r} is not in the record queue ({runs.queue_file()}); add it "
-                         f"there first")
+    runs.queue_entry(record)  # a name the queue does not hold is an error
     return verdicts.not_run(artifact, claim, paper=paper, scale=scale,
                             need=f"the record {record}, queued in data/record_queue.json (made by "
                                  f"`python -m fatlib records run --only {record}`)")
@@ -138,11 +135,4 @@ def made_record(record: str):
     """
     from fatlib import runs
 
-    entries = {e.name: e for e in runs.load_queue()}
-    if record not in entries:
-        raise ValueError(f"{record!r} is not in the record queue ({runs.queue_file()})")
-    try:
-        found = runs.load_record(record)
-    except FileNotFoundError:
-        return None
-    return found if found.config == entries[record].config else None
+    return runs.record_with_config(record, runs.queue_entry(record).config)

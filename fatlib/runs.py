@@ -489,6 +489,28 @@ def load_queue(path=None) -> list[QueueEntry]:
     return entries
 
 
+def queue_entry(name: str, path=None) -> QueueEntry:
+    """The entry of the record queue named `name`.
+
+    Raises:
+        ValueError: no entry of the queue has that name.
+    """
+    entries = {e.name: e for e in load_queue(path)}
+    if name not in entries:
+        raise ValueError(f"{name!r} is not in the record queue ({path or queue_file()}): add it "
+                         f"there, or use one of the names that `python -m fatlib records status` lists")
+    return entries[name]
+
+
+def record_with_config(name: str, config: TrainConfig) -> Record | None:
+    """The record `name` if it exists and was made with exactly `config`, else None."""
+    try:
+        found = load_record(name)
+    except FileNotFoundError:
+        return None
+    return found if found.config == config else None
+
+
 def _queue_entry(item, where: str) -> QueueEntry:
     """One queue item (a dict) as a QueueEntry, or a ValueError that names it."""
     keys = {"name", "config", "recipe", "notes", "needs"}

@@ -310,18 +310,11 @@ def sweep(tags, eps_list, seeds, settings: RunSettings, *, profile: str,
             for seed in sorted(set(seeds) | set(extra_seeds)):
                 cfg = config(tag, eps_255, seed, settings, early_stop=early_stop)
                 name = record_name(tag, eps_255, seed, early_stop)
-                if seed not in seeds and not (use_records and _holds(name, cfg)):
+                if seed not in seeds and not (use_records and runs.record_with_config(name, cfg)):
                     continue
                 run, source = runs.record_or_run(cfg, name, use_record=use_records)
                 items.append(Item(tag, eps_255, seed, early_stop, run, source))
     return Sweep(items, settings, profile)
-
-
-def _holds(name: str, cfg: TrainConfig) -> bool:
-    try:
-        return runs.load_record(name).config == cfg
-    except FileNotFoundError:
-        return False
 
 
 class RecordScale(Source):

@@ -95,7 +95,8 @@ class Interval:
     for an accuracy), ``k`` (seeds), ``n`` (test images per measurement, None for a
     non-accuracy), ``sd_seeds`` (sample sd, None for k = 1), ``se_binomial`` (points, None
     for a non-accuracy), ``std_error`` (u), ``dof`` (nu, inf when exact normal),
-    ``coverage_factor`` (t_{0.975}(nu)), ``accuracy``.
+    ``coverage_factor`` (t_{0.975}(nu)), ``accuracy``, ``repeats`` (what the k measurements
+    are: 'seed', or 'round' for timings, 'repeat' for Monte-Carlo estimates).
     """
 
     mean: float
@@ -110,6 +111,7 @@ class Interval:
     dof: float
     coverage_factor: float
     accuracy: bool = True
+    repeats: str = "seed"
 
     @property
     def seed_variance(self) -> float:
@@ -117,9 +119,9 @@ class Interval:
         return 0.0 if self.sd_seeds is None else self.sd_seeds ** 2 / self.k
 
     def text(self, digits: int = 1, unit: str | None = None) -> str:
-        """'45.0 ± 3.3% (3 seeds, n = 1,000)': mean ± 95% half-width, seeds, test images."""
+        """'45.0 ± 3.3% (3 seeds, n = 1,000)': mean ± 95% half-width, repeats, test images."""
         unit = ("%" if self.accuracy else "") if unit is None else unit
-        seeds = f"{self.k} seed" + ("s" if self.k != 1 else "")
+        seeds = f"{self.k} {self.repeats}" + ("s" if self.k != 1 else "")
         size = f", n = {self.n:,}" if self.n is not None else ""
         return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}{unit} ({seeds}{size})"
 
@@ -165,7 +167,8 @@ def _check_accuracy(value: float, what: str) -> None:
                          f"[0, 100] (45.2, not 0.452), or accuracy=False for another quantity")
 
 
-def interval(measurements: Sequence[float], n: int | None, *, accuracy: bool = True) -> Interval:
+def interval(measurements: Sequence[float], n: int | None, *, accuracy: bool = True,
+             repeats: str = "seed") -> Interval:
     """Our mean and 95% interval from per-seed measurements on n test images each.
 
     Implements the module's rule: u = sqrt(s_b^2 + s^2/k), h = t_{0.975}(nu) u, nu by
@@ -176,6 +179,7 @@ def interval(measurements: Sequence[float], n: int | None, *, accuracy: bool = T
             only when ``accuracy`` is False.
         accuracy: the values are accuracies (add the binomial error); False for another
             quantity (a norm, a time), whose only error is the seed spread (needs k >= 2).
+        repeats: what one measurement is, for the texts ('seed', 'round', 'repeat').
     Returns:
         Interval.
     Raises:
@@ -207,7 +211,7 @@ def interval(measurements: Sequence[float], n: int | None, *, accuracy: bool = T
         lo, hi = max(lo, 0.0), min(hi, 100.0)
     return Interval(mean=mean, half_width=half, lo=lo, hi=hi, k=k, n=n, sd_seeds=sd,
                     se_binomial=se_b, std_error=math.sqrt(total), dof=dof,
-                    coverage_factor=factor, accuracy=accuracy)
+                    coverage_factor=factor, accuracy=accuracy, repeats=repeats)
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -394,7 +398,7 @@ class RuleResult:
 
 def greater(a: Sequence[float], b: Sequence[float], n: int | None, *,
             names: tuple[str, str] = ("A", "B"), accuracy: bool = True,
-            digits: int = 1) -> RuleResult:
+            digits: int = 1, repeats: str = "seed") -> RuleResult:
     """Ordering rule: A's mean is above B's, with the 95% interval of the difference above 0.
 
     Implements: d = m_A - m_B, u_d = sqrt(u_A^2 + u_B^2), h_d = t_{0.975}(nu) u_d with nu by
@@ -407,10 +411,11 @@ def greater(a: Sequence[float], b: Sequence[float], n: int | None, *,
         names: how A and B are called in the texts ('FGSM-RS', 'FGSM').
         accuracy: see :func:`interval`.
         digits: decimals in the texts.
+        repeats: what one measurement is (see :func:`interval`).
     Returns:
         RuleResult.
     """
-    ia, ib = interval(a, n, accuracy=accuracy), interval(b, n, accuracy=accuracy)
+    ia, ib = (interval(v, n, accuracy=accuracy, repeats=repeats) for v in (a, b))
     total = ia.std_error ** 2 + ib.std_error ** 2
     parts = [(iv.seed_variance, iv.k - 1) for iv in (ia, ib) if iv.k >= 2]
     half = _t975(_welch_satterthwaite(total, parts)) * math.sqrt(total)

@@ -236,14 +236,6 @@ def compare_rows(results: dict, *, scale: str, reason: str) -> list:
     return out
 
 
-def queue_config(name: str) -> TrainConfig:
-    """The config that data/record_queue.json asks for under `name`."""
-    configs = {entry.name: entry.config for entry in runs.load_queue()}
-    if name not in configs:
-        raise ValueError(f"{name!r} is not in the record queue ({runs.queue_file()})")
-    return configs[name]
-
-
 def check_records(artifact: str, claim: Claim, *, paper: str, reason: str,
                   records: dict = RECORDS) -> verdicts.Verdict:
     """The verdict on a claim from the record-scale records of its rows (:data:`RECORDS`):
@@ -252,7 +244,7 @@ def check_records(artifact: str, claim: Claim, *, paper: str, reason: str,
     missing = [records[r][0] for r in claim.rows if not made[r]]
     if missing:
         return chapter.queued(artifact, claim.text, paper=paper, record=missing[0],
-                              scale=scale_text("record scale", queue_config(missing[0])))
+                              scale=scale_text("record scale", runs.queue_entry(missing[0]).config))
     first = made[claim.rows[0]][0].config
     return check(artifact, claim, made, paper=paper, scale=scale_text("record scale", first),
                  reason=reason)

@@ -90,7 +90,8 @@ def test_a_sweep_adds_a_second_seed_only_where_its_record_holds_the_config(monke
         return _run(12.0), f"record {name}"
 
     monkeypatch.setattr(sweeps.runs, "record_or_run", fake_record_or_run)
-    monkeypatch.setattr(sweeps, "_holds", lambda name, cfg: name.endswith("fgsm_eps16_s1"))
+    monkeypatch.setattr(sweeps.runs, "record_with_config",
+                        lambda name, cfg: name.endswith("fgsm_eps16_s1"))
     sweep = sweeps.sweep(["fgsm", "pgd10"], [16], [0], QUICK, profile="quick")
     assert made == [f"andriushchenko2020_cnn1_{n}" for n in ("fgsm_eps16_s0", "fgsm_eps16_s1",
                                                               "pgd10_eps16_s0")]

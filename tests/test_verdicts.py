@@ -146,6 +146,9 @@ def test_greater_uses_the_interval_of_the_difference():
     assert V.greater([50.0], [44.0], 1000).passed
     # seed spread enters through the t factor: seeds 40/60 vs 45/45 do not order
     assert not V.greater([40.0, 60.0], [45.0, 45.0], 1000).passed
+    # a timing's measurements are rounds, not seeds, and say so
+    timed = V.greater([2.0, 2.1, 2.2], [1.0, 1.1, 1.0], None, accuracy=False, repeats="round")
+    assert timed.passed and "(3 rounds)" in timed.ours and "seed" not in timed.ours
 
 
 def test_collapse_rules_use_the_threshold_and_the_binomial_bound():

@@ -55,7 +55,7 @@ def test_scale_texts():
     assert verdicts.scale_kind(text) == "quick"
     assert wong2020.scale_kind(_params("paper")) == verdicts.PAPER_SCALE
     assert wong2020.scale_kind(_params("paper", epochs=5)) == verdicts.REDUCED_SCALE
-    record = wong2020.queue_config("rs16_wong2020_fgsm_zero_s0")
+    record = runs.queue_entry("rs16_wong2020_fgsm_zero_s0").config
     assert wong2020.scale_text("record scale", record).startswith(
         "record scale: PreAct ResNet-18 width 16, 50,000 training images, 15 epochs")
 
@@ -64,12 +64,12 @@ def test_the_table1_records_are_queued_with_their_rows_methods():
     for name, records in wong2020.RECORDS.items():
         method = wong2020.ROWS[wong2020.A16 if name == wong2020.A16_ES else name].method
         for seed, record in enumerate(records):
-            config = wong2020.queue_config(record)
+            config = runs.queue_entry(record).config
             assert all(getattr(config, k) == (pytest.approx(v) if isinstance(v, float) else v)
                        for k, v in method.items()), record
             assert config.seed == seed and config.early_stop == (name == wong2020.A16_ES)
     with pytest.raises(ValueError, match="not in the record queue"):
-        wong2020.queue_config("no_such_record")
+        runs.queue_entry("no_such_record")
 
 
 def test_a_claim_tests_collapse_survival_and_order():
@@ -111,8 +111,8 @@ def test_check_records_waits_for_a_missing_record_and_reads_a_made_one(tmp_path,
     assert waiting.verdict == verdicts.NOT_RUN and "rs16_wong2020_fgsm_zero_s0" in waiting.detail
     assert waiting.scale.startswith("record scale: PreAct ResNet-18 width 16")
     zero = wong2020.ROWS[wong2020.ZERO].records
-    _fake_record(tmp_path, zero[0], wong2020.queue_config(zero[0]), 0.0)
-    _fake_record(tmp_path, zero[1], wong2020.queue_config(zero[0]), 0.0)  # another seed's config
+    _fake_record(tmp_path, zero[0], runs.queue_entry(zero[0]).config, 0.0)
+    _fake_record(tmp_path, zero[1], runs.queue_entry(zero[0]).config, 0.0)  # another seed's config
     assert chapter.made_record(zero[1]) is None and chapter.made_record(zero[0]) is not None
     made = wong2020.check_records("wong2020 Table 1", claim, paper="0.00%", reason="r")
     assert made.verdict == verdicts.REDUCED and "(n = 1,000 each)" in made.ours
