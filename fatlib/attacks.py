@@ -1,7 +1,8 @@
 """Adversarial attacks as pure functions: ``attack(model, x, y, threat, **kw) -> delta``.
 
 Every attack returns a detached perturbation ``delta`` (same shape as ``x``) with
-``||delta|| <= threat.eps`` and ``x + delta`` in [0, 1]. Attacks run the model in
+``||delta|| <= threat.eps`` and ``x + delta`` in [0, 1], except ``nfgsm``, which by design is
+not projected back to the eps ball (``||delta||_inf <= k eps + alpha``). Attacks run the model in
 whatever mode the caller set (training attacks in train mode, as in the papers;
 evaluation in eval mode) and never change the model: its mode and its BatchNorm
 running statistics are the same after the call as before (``preserved_state``).
@@ -14,13 +15,14 @@ caller's autocast: the loss is computed in fp32 from ``logits.float()``.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fatlib.threat import ThreatModel
+from fatlib.threat import ThreatModel, clip_to_box
 
 GradTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -267,6 +269,55 @@ def l2fast(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     if threat.norm != "l2":
         raise ValueError("l2fast needs an l2 ThreatModel; for l-inf use fgsm(..., init='random')")
     return fgsm(model, x, y, threat, alpha=_check_alpha(alpha, 1.5 * threat.eps), init="random")
+
+
+def _uniform_box_start(x: torch.Tensor, radius: float,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """eta ~ U([-radius, radius]^d), then clipped so that x + eta is in [0, 1]; 0 for radius 0."""
+    if radius == 0:
+        return torch.zeros_like(x)
+    return ThreatModel("linf", radius).random_init(x, generator=generator)
+
+
+def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+          alpha: float | None = None, noise_factor: float = 2.0,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """One signed gradient step from a large random start, NOT projected back to the eps ball.
+
+    Implements: de Jorge et al. 2022 (N-FGSM, NeurIPS), Alg. 1: eta ~ U([-k eps, k eps]^d),
+    delta = eta + alpha * sign(grad_x l(x + eta, y)). As in the authors' code
+    (pdejorge/N-FGSM train.py, default --clip -1), eta and delta are clipped to the image box
+    only, never to the eps ball: ||delta||_inf <= k eps + alpha (3 eps at the paper's k = 2,
+    alpha = eps). One forward-backward pass for the attack, the cost of FGSM-RS.
+    Args:
+        model: classifier returning logits; its mode is used as is (train mode in training).
+        x: images in [0, 1], [B, C, H, W].
+        y: labels, int64 [B].
+        threat: an l-inf ThreatModel; its eps scales the noise and the default step.
+        alpha: step size in pixel units; default eps (the paper's).
+        noise_factor: k >= 0, the noise radius in multiples of eps (paper: 2); k = 0 is FGSM
+            from x without projection.
+        generator: torch.Generator for the noise; torch's global RNG otherwise.
+    Returns:
+        delta, [B, C, H, W], with ||delta||_inf <= noise_factor * eps + alpha and x + delta in
+        [0, 1] (in general outside the eps ball).
+    Raises:
+        ValueError: an l2 threat, noise_factor < 0 or not finite, a noise radius
+            noise_factor * eps above 1 (pixel units), or alpha <= 0.
+    """
+    if threat.norm != "linf":
+        raise ValueError("nfgsm is defined for an l-inf ThreatModel (de Jorge et al. 2022)")
+    k = float(noise_factor)
+    if not (k >= 0 and math.isfinite(k)):
+        raise ValueError(f"N-FGSM noise_factor k must be >= 0 and finite, got {noise_factor}")
+    if k * threat.eps > 1:
+        raise ValueError(f"N-FGSM noise radius k * eps = {k * threat.eps:.4g} is more than the "
+                         f"pixel range 1: eps and k * eps are in pixel units (8/255)")
+    alpha = _check_alpha(alpha, threat.eps)
+    with preserved_state(model):
+        eta = _uniform_box_start(x, k * threat.eps, generator)
+        grad, _ = input_gradient(model, x, y, eta)
+    return clip_to_box(threat.step(eta, grad, alpha), x).detach()
 
 
 # --- PGD -------------------------------------------------------------------------------------

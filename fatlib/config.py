@@ -18,24 +18,33 @@ from dataclasses import dataclass, field
 from fatlib import data, models, schedules
 from fatlib.threat import NORMS
 
-METHODS = ("standard", "fgsm", "free", "pgd", "gradalign", "zerograd", "multigrad", "l2fast")
+METHODS = ("standard", "fgsm", "free", "pgd", "gradalign", "zerograd", "multigrad", "l2fast",
+           "nfgsm")
+# methods that take the ELLE / ELLE-A regularizer (elle_lambda > 0): Abad Rocamora et al. 2024
+# train it with FGSM and with N-FGSM
+ELLE_METHODS = ("fgsm", "nfgsm")
 FGSM_INITS = ("zero", "random", "previous", "random_unclipped")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EARLY_STOP_RULES = ("drop", "best")
 # Fields added after the first records: left out of the hashed JSON while at these defaults,
 # so that the run folders of older configs keep their names.
-LATE_FIELD_DEFAULTS = {"early_stop_rule": "drop"}
+LATE_FIELD_DEFAULTS = {"early_stop_rule": "drop", "nfgsm_k": 2.0, "elle_lambda": 0.0,
+                       "elle_adaptive": False}
 # alpha / eps when alpha is None, the papers' settings: FGSM from a zero start alpha = eps, from a
 # random start 1.25 eps (wong2020, andriushchenko2020's fgsm_alpha); free AT eps (wong2020
 # Alg. 2); ZeroGrad 2 eps from a random start, MultiGrad eps (golgooni2021's code); l2 fast
-# AT 1.5 eps (l2fast). PGD's default is pgd_alpha_ratio.
+# AT 1.5 eps (l2fast); N-FGSM eps from its noise (de Jorge et al. 2022). PGD's default is
+# pgd_alpha_ratio.
 FGSM_RS_ALPHA_RATIO = 1.25
 DEFAULT_ALPHA_RATIO = {"standard": 1.0, "fgsm": 1.0, "free": 1.0, "pgd": 1.0, "gradalign": 1.0,
-                       "zerograd": 2.0, "multigrad": 1.0, "l2fast": 1.5}
+                       "zerograd": 2.0, "multigrad": 1.0, "l2fast": 1.5, "nfgsm": 1.0}
 # fgsm_init when None: GradAlign is FGSM from a zero start plus the regulariser
-# (andriushchenko2020 §5); every other method starts FGSM from a random point (wong2020).
+# (andriushchenko2020 §5), and so is FGSM + ELLE(-A) (ELLE_FGSM_INIT: the ELLE authors' code
+# runs FGSM from x with alpha = eps); every other method starts FGSM from a random point
+# (wong2020).
 DEFAULT_FGSM_INIT = {"gradalign": "zero"}
+ELLE_FGSM_INIT = "zero"
 MAX_STEP_TO_EPS = 4.0  # a step size above 4 eps is legal but almost always a units mistake
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class TrainConfig:
     zg_q: float = 0.35
     rollback_qs: tuple = ()               # ZeroGrad: next q values after each detected collapse
     mg_n: int = 3
+    nfgsm_k: float = 2.0                  # N-FGSM: noise U([-k eps, k eps]^d), no projection
+    elle_lambda: float = 0.0              # ELLE on 'fgsm' / 'nfgsm': its lambda (0: off), or
+    elle_adaptive: bool = False           # with elle_adaptive (ELLE-A) lambda_max (authors 4000)
     # optimisation
     epochs: int = 30
     batch_size: int = 128
@@ -113,12 +125,12 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "model_kw", dict(self.model_kw))
-        if self.fgsm_init is None:
-            object.__setattr__(self, "fgsm_init", DEFAULT_FGSM_INIT.get(self.method, "random"))
         for name in ("rollback_qs", "lr_drops"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        for name in ("eps", "lr_max"):
+        for name in ("eps", "lr_max", "nfgsm_k", "elle_lambda"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if self.fgsm_init is None:
+            object.__setattr__(self, "fgsm_init", _default_fgsm_init(self))
         _validate(self)
 
     # --- serialisation
@@ -191,6 +203,13 @@ class TrainConfig:
         return self.eval_pgd_alpha if self.eval_pgd_alpha is not None else self.eps / 4
 
 
+def _default_fgsm_init(c: TrainConfig) -> str:
+    """fgsm_init when None: DEFAULT_FGSM_INIT, ELLE_FGSM_INIT for FGSM + ELLE, else 'random'."""
+    if c.method == "fgsm" and c.elle_lambda > 0:
+        return ELLE_FGSM_INIT
+    return DEFAULT_FGSM_INIT.get(c.method, "random")
+
+
 def pgd_alpha_ratio(steps: int) -> float:
     """Default PGD training step / eps: 1/2 for PGD-2, else 2 / steps.
 
@@ -218,6 +237,31 @@ def _check_step_sizes(c: TrainConfig, bad) -> None:
                           stacklevel=4)
 
 
+def _check_nfgsm_and_elle(c: TrainConfig, bad) -> None:
+    """N-FGSM's noise factor and the ELLE / ELLE-A options (see ELLE_METHODS)."""
+    if not (c.nfgsm_k >= 0 and math.isfinite(c.nfgsm_k)):
+        bad(f"nfgsm_k (N-FGSM noise radius in multiples of eps) must be >= 0 and finite; "
+            f"got {c.nfgsm_k}")
+    if c.method == "nfgsm":
+        if c.norm != "linf":
+            bad("method 'nfgsm' is defined for norm='linf' (de Jorge et al. 2022)")
+        if c.nfgsm_k * c.eps > 1:
+            bad(f"nfgsm_k * eps = {c.nfgsm_k * c.eps:.4g} is more than the pixel range 1 "
+                f"(the paper: nfgsm_k = 2)")
+    if not (c.elle_lambda >= 0 and math.isfinite(c.elle_lambda)):
+        bad(f"elle_lambda must be >= 0 and finite (0: no ELLE); got {c.elle_lambda}")
+    if not isinstance(c.elle_adaptive, bool):
+        bad(f"elle_adaptive must be True or False; got {c.elle_adaptive!r}")
+    if c.elle_lambda > 0 and c.method not in ELLE_METHODS:
+        bad(f"elle_lambda (the ELLE regularizer) is for method {' or '.join(map(repr, ELLE_METHODS))}"
+            f", got method {c.method!r}; set elle_lambda=0 or change the method")
+    if c.elle_lambda > 0 and c.norm != "linf":
+        bad("ELLE (elle_lambda > 0) samples its points in the l-inf ball: it needs norm='linf'")
+    if c.elle_adaptive and not c.elle_lambda > 0:
+        bad("elle_adaptive (ELLE-A) raises lambda to elle_lambda: set elle_lambda > 0 as its "
+            "lambda_max (the authors use 4000)")
+
+
 def _validate(c: TrainConfig) -> None:
     def bad(msg):
         raise ValueError(f"bad TrainConfig: {msg}")
@@ -243,6 +287,7 @@ def _validate(c: TrainConfig) -> None:
         bad("method 'l2fast' needs norm='l2'")
     if c.method == "gradalign" and c.norm != "linf":
         bad("method 'gradalign' is defined for norm='linf' (andriushchenko2020 eq. 7)")
+    _check_nfgsm_and_elle(c, bad)
     qs = (c.zg_q,) + c.rollback_qs
     if any(not 0 <= q < 1 for q in qs):
         bad(f"ZeroGrad q must be in [0, 1); got zg_q={c.zg_q}, rollback_qs={c.rollback_qs}")

@@ -24,13 +24,15 @@ class AttackState:
 
     threat: the current threat model (eps after warm-up); alpha: current step size;
     q: current ZeroGrad quantile (changed by roll-back); delta: previous / persistent
-    perturbation (FGSM 'previous' init, free AT), or None.
+    perturbation (FGSM 'previous' init, free AT), or None; elle: ELLE-A's adaptive lambda
+    (made by its regularizer at the first step), or None.
     """
 
     threat: ThreatModel
     alpha: float
     q: float
     delta: torch.Tensor | None = None
+    elle: regularizers.AdaptiveLambda | None = None
 
 
 @dataclass
@@ -125,11 +127,47 @@ def _zero_perturb(model, x, y, s):
     return torch.zeros_like(x)
 
 
+def _mean_over_processes(value: torch.Tensor) -> float:
+    """A per-process scalar averaged over the DDP processes (itself in one process)."""
+    dist, value = torch.distributed, value.detach()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def _elle_regularizer(c: TrainConfig) -> Callable:
+    """ELLE with the constant lambda elle_lambda, or ELLE-A (elle_adaptive) with lambda_max.
+
+    Implements: Abad Rocamora et al. 2024 (regularizers.elle, regularizers.AdaptiveLambda).
+    ELLE-A weights a step's penalty with the lambda from before its error, then updates lambda
+    with that error averaged over the DDP processes (so that every process uses the same
+    lambda). While lambda is 0 the error is computed without a graph: the parameter update
+    is the same and the backward pass through the 3B points is saved. ELLE-A's state
+    (AttackState.elle) is not yet saved in checkpoints: a resumed run (or one restored by
+    early stopping) restarts the rule at lambda = 0 with no earlier errors.
+    """
+    if not c.elle_adaptive:
+        return lambda m, x, y, s: c.elle_lambda * regularizers.elle(m, x, y, s.threat.eps)
+
+    def adaptive(model, x, y, s: AttackState):
+        if s.elle is None:
+            s.elle = regularizers.AdaptiveLambda(c.elle_lambda)
+        lam = s.elle.value
+        err = regularizers.elle(model, x, y, s.threat.eps, create_graph=lam > 0)
+        s.elle.update(_mean_over_processes(err))
+        return lam * err
+    return adaptive
+
+
 def make_method(c: TrainConfig) -> Method:
     """Map a config to its Method (perturb / regularizer / replays), built from fatlib.attacks.
 
     Implements: wong2020 Alg. 1-3, andriushchenko2020 eq. 7 (GradAlign), golgooni2021
-    Alg. 1-2 (ZeroGrad, MultiGrad), l2fast (one step from a random start in the l2 ball).
+    Alg. 1-2 (ZeroGrad, MultiGrad), l2fast (one step from a random start in the l2 ball),
+    de Jorge et al. 2022 (N-FGSM); elle_lambda > 0 adds the ELLE / ELLE-A regularizer
+    (Abad Rocamora et al. 2024) to method 'fgsm' or 'nfgsm'.
     """
     if c.fgsm_init == "random_unclipped":
         fgsm = _fgsm_unclipped_start
@@ -151,8 +189,13 @@ def make_method(c: TrainConfig) -> Method:
             m, x, y, s.threat, n=c.mg_n, alpha=s.alpha)),
         "l2fast": lambda: Method(lambda m, x, y, s: attacks.l2fast(
             m, x, y, s.threat, alpha=s.alpha)),
+        "nfgsm": lambda: Method(lambda m, x, y, s: attacks.nfgsm(
+            m, x, y, s.threat, alpha=s.alpha, noise_factor=c.nfgsm_k)),
     }
-    return builders[c.method]()
+    method = builders[c.method]()
+    if c.elle_lambda > 0:  # config validation allows it for 'fgsm' and 'nfgsm' only
+        method.regularizer = _elle_regularizer(c)
+    return method
 
 
 def attack_schedule(c: TrainConfig, step: int, steps_per_epoch: float) -> tuple[float, float]:
