@@ -37,7 +37,8 @@ from fatlib.train import TrainConfig
 
 TAGS = {"standard": "standard", "fgsm": "FGSM", "fgsm0.89": "FGSM, alpha = 0.888 eps",
         "fgsmrs": "FGSM-RS", "gradalign": "FGSM + GradAlign", "free": "free (m=8)",
-        "pgd2": "PGD-2", "pgd10": "PGD-10", "pgd10corners": "PGD-10 on the corners"}
+        "pgd2": "PGD-2", "pgd10": "PGD-10", "pgd10corners": "PGD-10 on the corners",
+        "zerograd": "ZeroGrad (q = 0.35)", "multigrad": "MultiGrad (N = 3)"}
 # GradAlign's lambda per eps (/255), from the authors' scripts (andriushchenko2020 §5).
 LAMBDA = {1: 0.027, 2: 0.036, 3: 0.047, 4: 0.063, 5: 0.084, 6: 0.112, 7: 0.150, 8: 0.200,
           9: 0.267, 10: 0.356, 11: 0.474, 12: 0.632, 13: 0.843, 14: 1.124, 15: 1.500, 16: 2.000}
@@ -107,7 +108,7 @@ def method_fields(tag: str, eps: float, settings: RunSettings) -> dict:
 
     Implements: andriushchenko2020 §3 and §5 steps (FGSM from zero with alpha = eps, reduced
     step 0.888 eps, FGSM-RS 1.25 eps, PGD-2 eps/2, PGD-10 2 eps/10, corners, free m = 8,
-    GradAlign with the authors' lambda); free AT trains 3x the epochs (the paper's 96 / 30)
+    GradAlign with the authors' lambda) and golgooni2021's ZeroGrad and MultiGrad; free AT trains 3x the epochs (the paper's 96 / 30)
     at a lower learning rate, GradAlign on the ResNet at the authors' lr 0.3.
     Raises:
         ValueError: an unknown tag, or GradAlign at an eps without a lambda.
@@ -121,7 +122,11 @@ def method_fields(tag: str, eps: float, settings: RunSettings) -> dict:
                           round(settings.epochs * 96 / 30), lr_max=0.001 if adam else 0.04),
              "pgd2": dict(method="pgd", pgd_steps=2, pgd_alpha=eps / 2),
              "pgd10": dict(method="pgd", pgd_steps=10),
-             "pgd10corners": dict(method="pgd", pgd_steps=10, pgd_corners=True)}
+             "pgd10corners": dict(method="pgd", pgd_steps=10, pgd_corners=True),
+             # golgooni2021's CIFAR-10 settings (their code): alpha 2 eps from a random start,
+             # MultiGrad alpha eps from x
+             "zerograd": dict(method="zerograd", zg_q=0.35, alpha=2 * eps),
+             "multigrad": dict(method="multigrad", mg_n=3, alpha=eps)}
     if tag == "gradalign":
         if round(eps * 255) not in LAMBDA:
             raise ValueError(f"GradAlign's lambda is known for eps in {sorted(LAMBDA)}/255, "

@@ -4,9 +4,9 @@ CIFAR-10 runs, the records of the record queue that each row reads, and the clai
 Wong, Rice and Kolter, "Fast is better than free: revisiting adversarial training" (ICLR
 2020). A page declares its runs with :func:`config` (one recipe per profile, so that the
 pages share their runs through the run cache), states the paper's qualitative claims as
-:class:`Claim` objects, and turns them into verdicts with :func:`check` (runs of this
-execution) or :func:`check_records` (record-scale records, or a queued row while a record
-is not made yet).
+fatlib.claims.Claim objects, and turns them into verdicts with fatlib.claims.check (runs of
+this execution) or :func:`check_records` (the record-scale records of Table 1, or a queued
+row while a record is not made yet).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fatlib import chapter, runs, verdicts
+from fatlib import claims, runs, verdicts
+from fatlib.claims import Claim, check, model_text, scale_text  # noqa: F401 (the pages use them)
 from fatlib.train import TrainConfig
 
 EPS = 8 / 255
@@ -146,25 +147,6 @@ def config(P, seed: int, method: dict, *, epochs: int | None = None, **changes) 
     return TrainConfig(seed=seed, **method, **{**_common(P), **recipe, **changes})
 
 
-def model_text(config: TrainConfig) -> str:
-    """'cnn1 with 16 filters' / 'PreAct ResNet-18 width 16' / 'PreAct ResNet-18'."""
-    kw = config.model_kw
-    if config.model == "cnn1":
-        return f"cnn1 with {kw.get('n_filters', 4)} filters"
-    if config.model == "preact_resnet18":
-        return "PreAct ResNet-18" + (f" width {kw['base_width']}" if "base_width" in kw else "")
-    return config.model
-
-
-def scale_text(kind: str, config: TrainConfig) -> str:
-    """A scale text of fatlib.verdicts: '<kind>: <model>, <images>, <epochs>, <final attack>'."""
-    images = config.n_train or {"cifar10": 50000, "mnist": 60000}.get(config.dataset, 0)
-    epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
-    return (f"{kind}: {model_text(config)}, {images:,} training images, {epochs}, "
-            f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts} on "
-            f"{config.final_n_eval:,} test images")
-
-
 def scale_kind(P) -> str:
     """The scale kind of a page's runs: 'paper scale' for the paper profile as it is, the
     profile's name for quick and smoke, 'reduced scale' for a paper profile overridden."""
@@ -175,51 +157,9 @@ def scale_kind(P) -> str:
 
 # --------------------------------------------------------------------------- claims
 
-@dataclass(frozen=True)
-class Claim:
-    """A qualitative claim of the paper about named rows, and the rule of fatlib.verdicts that
-    tests it on their final PGD accuracies: every row in ``collapse`` collapses, every row
-    in ``survive`` does not, and each (higher, lower) pair in ``above`` is ordered."""
-
-    text: str
-    collapse: tuple = ()
-    survive: tuple = ()
-    above: tuple = ()
-
-    @property
-    def rows(self) -> tuple:
-        """The rows the claim is about, in order, once each."""
-        pairs = [name for pair in self.above for name in pair]
-        return tuple(dict.fromkeys([*self.collapse, *self.survive, *pairs]))
-
-    def rule(self, pgd: dict, n: int) -> verdicts.RuleResult:
-        """all_of(collapses, survives, greater) on pgd = row -> per-seed PGD accuracies."""
-        parts = [verdicts.collapses(pgd[r], n, name=r) for r in self.collapse]
-        parts += [verdicts.survives(pgd[r], n, name=r) for r in self.survive]
-        parts += [verdicts.greater(pgd[a], pgd[b], n, names=(a, b)) for a, b in self.above]
-        return verdicts.all_of(*parts)
-
-
 def paper_text(names, what: str = "Table 1, PGD-50-10") -> str:
     """The paper's PGD accuracy of Table 1 rows ('Table 1, PGD-50-10: FGSM, zero init 0.00%')."""
     return f"{what}: " + "; ".join(f"{n} {ROWS[n].pgd:.2f}%" for n in names)
-
-
-def check(artifact: str, claim: Claim, results: dict, *, paper: str, scale: str,
-          reason: str) -> verdicts.Verdict:
-    """The verdict on a claim from finished runs or records (row -> list of them).
-
-    Args:
-        artifact: the paper's table or figure.
-        claim: the Claim; results must hold each of its rows.
-        paper: the paper's evidence (see :func:`paper_text`).
-        scale: '<kind>: <what>' of the runs.
-        reason: the likely reason, should the claim fail here.
-    """
-    pgd = {r: [item.metrics["pgd_acc"] for item in results[r]] for r in claim.rows}
-    n = min(item.metrics["n"] for r in claim.rows for item in results[r])
-    return verdicts.check(artifact, claim.text, claim.rule(pgd, n), paper=paper, scale=scale,
-                          reason=reason)
 
 
 def compare_rows(results: dict, *, scale: str, reason: str) -> list:
@@ -238,16 +178,8 @@ def compare_rows(results: dict, *, scale: str, reason: str) -> list:
 
 def check_records(artifact: str, claim: Claim, *, paper: str, reason: str,
                   records: dict = RECORDS) -> verdicts.Verdict:
-    """The verdict on a claim from the record-scale records of its rows (:data:`RECORDS`):
-    a check on the records made so far, or a queued row while a row has none."""
-    made = {r: [x for x in map(chapter.made_record, records[r]) if x] for r in claim.rows}
-    missing = [records[r][0] for r in claim.rows if not made[r]]
-    if missing:
-        return chapter.queued(artifact, claim.text, paper=paper, record=missing[0],
-                              scale=scale_text("record scale", runs.queue_entry(missing[0]).config))
-    first = made[claim.rows[0]][0].config
-    return check(artifact, claim, made, paper=paper, scale=scale_text("record scale", first),
-                 reason=reason)
+    """fatlib.claims.check_records on the Table 1 records (:data:`RECORDS`)."""
+    return claims.check_records(artifact, claim, records, paper=paper, reason=reason)
 
 
 def run_card(P, results: dict, notes: str = ""):

@@ -1,0 +1,94 @@
+"""fatlib.golgooni2021: Table 1's records and claims, the rules and views of Figs. 1-2, Algs. 1-2."""
+
+import json
+
+import pytest
+import torch
+
+from fatlib import golgooni2021 as G
+from fatlib import models, runs, verdicts
+from fatlib.threat import ThreatModel
+
+
+def _fake_record(root, name, pgd):
+    config = runs.queue_entry(name).config
+    folder = root / name
+    folder.mkdir(parents=True)
+    for file, content in (("config.json", config.to_dict()), ("history.json", []),
+                          ("metrics.json", {"pgd_acc": pgd, "n": 1000}), ("provenance.json", {})):
+        (folder / file).write_text(json.dumps(content))
+
+
+def test_every_table1_row_has_two_queued_seeds_at_the_papers_setting():
+    for row in G.TABLE1:
+        assert len(row.records) == 2, row.name
+        for seed, name in enumerate(row.records):
+            c = runs.queue_entry(name).config
+            assert (c.eps, c.epochs, c.lr_schedule, c.seed) == (pytest.approx(8 / 255), 30,
+                                                                 "cyclic", seed), name
+            assert (c.model_kw, c.n_train, c.final_n_eval) == ({"base_width": 16}, None, 1000)
+            for key, value in G.METHODS.get(row.name, {}).items():
+                assert getattr(c, key) == pytest.approx(value), (name, key)
+    fig2 = runs.queue_entry(G.FIGURE_RECORDS["ZeroGrad (q = 0.35), alpha = 2 eps"]).config
+    twin = runs.queue_entry(G.FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]).config
+    assert fig2 == twin.replace(method="zerograd", zg_q=0.35)   # only the method differs
+    assert runs.queue_entry(G.BEFORE_COLLAPSE).config == twin.replace(early_stop=True)
+
+
+def test_table1_claims_wait_for_records_then_check_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path))
+    survive, above = G.TABLE1_CLAIMS
+    waiting = G.check_records(survive)
+    assert waiting.verdict == verdicts.NOT_RUN and "rs16_golgooni2021_zerograd_eps8_s0" in waiting.detail
+    for row, pgd in ((G.ZEROGRAD, 44.0), (G.MULTIGRAD, 45.0), (G.FGSM_RS, 0.5)):
+        _fake_record(tmp_path, G.ROWS[row].records[0], pgd)
+    assert G.check_records(survive).verdict == verdicts.REDUCED
+    assert G.check_records(above).verdict == verdicts.REDUCED
+    assert "47.55 ± 0.05%" in G.check_records(survive).paper
+
+
+def _history(pgd, update):
+    return [{"epoch": float(e), "pgd_acc": p, "probe_delta_mse": u,
+             "weight_update_mse": None if u is None else {"conv1.weight": u, "block.conv.weight": u,
+                                                           "last.conv.weight": u, "linear.weight": 0}}
+            for e, (p, u) in enumerate(zip(pgd, update))]
+
+
+def test_the_figure_rule_finds_the_update_in_the_epoch_of_the_drop():
+    history = _history([10, 30, 40, 42, 5, 2], [None, 1.0, 0.5, 0.4, 9.0, 0.3])
+    assert G.largest_drop_epoch(history) == 4.0
+    assert G.coincides_with_the_drop(history, lambda h: h["probe_delta_mse"], name="p").passed
+    late = _history([10, 30, 40, 42, 5, 2], [None, 1.0, 0.5, 0.4, 0.3, 9.0])
+    result = G.coincides_with_the_drop(late, lambda h: h["probe_delta_mse"], name="p")
+    assert not result.passed and "1" in result.ours
+    assert G.conv_kernels(history) == ["conv1.weight", "block.conv.weight", "last.conv.weight"]
+
+
+def _model_and_batch():
+    torch.manual_seed(0)
+    model = models.build("cnn1", "cifar10", n_filters=4).eval()
+    return model, torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
+
+
+def test_relative_gradient_sizes_are_shares_of_each_examples_largest():
+    model, x, y = _model_and_batch()
+    sizes = G.relative_gradient_sizes(model, x, y)
+    assert sizes.shape == (x.numel(),) and 0 <= sizes.min() and sizes.max() == pytest.approx(1.0)
+    below = G.share_below(sizes, [1e-3, 1e-1, 1.01])
+    assert below == sorted(below) and below[-1] == 100.0
+
+
+def test_the_algorithm_views_zero_a_q_share_and_stay_in_the_ball():
+    model, x, y = _model_and_batch()
+    threat = ThreatModel("linf", 8 / 255)
+    for q in (0.0, 0.35, 0.7):
+        zeroed, delta = G.zerograd_view(model, x[:1], y[:1], threat, q)
+        assert zeroed.mean().item() == pytest.approx(q, abs=0.01)
+        assert delta.abs().max() <= 8 / 255 + 1e-6
+    mask_1, _ = G.multigrad_view(model, x[:1], y[:1], threat, 1)
+    mask_5, delta = G.multigrad_view(model, x[:1], y[:1], threat, 5)
+    assert mask_5.mean() >= mask_1.mean()                 # more starts, fewer entries agree
+    assert delta.abs().max() <= 8 / 255 + 1e-6 and (x[0] + delta).min() >= 0
+    fig = G.algorithm_slider(x[:1], [G.zerograd_view(model, x[:1], y[:1], threat, q)
+                                     for q in (0.1, 0.5)], [0.1, 0.5], label="q", what="ZeroGrad")
+    assert len(fig.layout.sliders[0].steps) == 2
