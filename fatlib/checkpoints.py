@@ -9,6 +9,7 @@ the last good state that early stopping and ZeroGrad's roll-back restore).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fatlib import models
+from fatlib import models, regularizers
 from fatlib.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -82,7 +83,8 @@ class RunCheckpoint:
                  "stopped_early": self.stopped_early, "best_guard": self.best_guard,
                  "complete": self.complete,
                  "metrics": self.metrics, "dirty": self.dirty, "train_source": self.source,
-                 "total_steps": self.total}
+                 "total_steps": self.total,
+                 "elle": None if self.attack.elle is None else dataclasses.asdict(self.attack.elle)}
         ckpt = {"config": c.to_json(), "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                 "ranks": self.dist.gather(self._rank_state()),
@@ -134,6 +136,8 @@ class RunCheckpoint:
         self.best_guard, self.best_model = st.get("best_guard"), ckpt.get("best_model")
         self.prev_weights = {k: v.clone() for k, v in ckpt["prev_weights"].items()}
         self.prev_probe = ckpt.get("prev_probe")
+        elle = st.get("elle")  # ELLE-A's adaptive lambda (the same on every rank)
+        self.attack.elle = None if elle is None else regularizers.AdaptiveLambda(**elle)
         if not keep_records:
             self.history, self.events, self.times = ckpt["history"], ckpt["events"], st["times"]
             self.dirty = st["dirty"]

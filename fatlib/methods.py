@@ -145,8 +145,8 @@ def _elle_regularizer(c: TrainConfig) -> Callable:
     with that error averaged over the DDP processes (so that every process uses the same
     lambda). While lambda is 0 the error is computed without a graph: the parameter update
     is the same and the backward pass through the 3B points is saved. ELLE-A's state
-    (AttackState.elle) is not yet saved in checkpoints: a resumed run (or one restored by
-    early stopping) restarts the rule at lambda = 0 with no earlier errors.
+    (AttackState.elle) is saved in the run's checkpoints (fatlib.checkpoints), so a resumed
+    run continues the rule where it was.
     """
     if not c.elle_adaptive:
         return lambda m, x, y, s: c.elle_lambda * regularizers.elle(m, x, y, s.threat.eps)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fatlib import attacks, models, regularizers, runs
+from fatlib.checkpoints import load_checkpoint
 from fatlib.config import LATE_FIELD_DEFAULTS, TrainConfig
 from fatlib.methods import AttackState, make_method
 from fatlib.threat import ThreatModel, clip_to_box
@@ -340,3 +341,18 @@ def test_the_new_methods_train_with_finite_losses(changes):
         assert last["delta_linf"] <= cfg.eps + TOL
     if cfg.eval_every:
         assert no_times(train(cfg).history) == no_times(result.history), "same seed, same numbers"
+
+
+def test_an_elle_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path):
+    # ELLE-A's lambda rule (AttackState.elle) is part of the checkpoint: without it the resumed
+    # run would restart the rule at lambda = 0 and its weights would differ
+    cfg = tiny(method="fgsm", elle_lambda=100.0, elle_adaptive=True, epochs=3, n_train=128)
+    part = train(cfg, tmp_path, until_epoch=2)
+    assert not part.complete
+    kept = load_checkpoint(tmp_path / "checkpoint.pt")["state"]["elle"]
+    assert kept["count"] == part.steps_run == 8 and kept["lambda_max"] == 100.0
+    rest, whole = train(cfg, tmp_path), train(cfg)
+    assert rest.steps_run == 4
+    assert all(torch.equal(a, b) for a, b in zip(rest.model.state_dict().values(),
+                                                 whole.model.state_dict().values()))
+    assert no_times(rest.history) == no_times(whole.history)
