@@ -435,9 +435,9 @@ def verify_record(name: str, *, root=None, device: str = "cpu") -> Verification:
 
     Also checks the sha256 of the record's JSON files against its provenance. Accuracies
     must agree within ``ACCURACY_TOLERANCE`` points (half a point in fp32), the
-    sign-sensitive statistics (``SIGN_SENSITIVE``) within 0.02, other numbers within the relative tolerance of the
-    record's precision (``RELATIVE_TOLERANCE``: 1e-3 in fp32, identical on the machine that
-    made the record with its thread count); timings are not compared. Check
+    sign-sensitive statistics (``SIGN_SENSITIVE``) within 0.02, other numbers within the
+    relative tolerance of the record's precision (``RELATIVE_TOLERANCE``: 1e-3 in fp32,
+    identical on the machine that made the record with its thread count); timings are not compared. Check
     :func:`unverifiable_here` first: a record made in bf16 needs a machine with native bf16.
     Returns:
         Verification(name, ok, mismatches, compared) (truthy when ok).
