@@ -220,9 +220,25 @@ def multigrad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
     Returns:
         delta, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].
     """
+    alpha = _check_alpha(alpha, threat.eps)
+    grad = multigrad_gradient(model, x, y, threat, n=n)
+    return threat.project(threat.step(torch.zeros_like(x), grad, alpha), x).detach()
+
+
+def multigrad_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                       n: int) -> torch.Tensor:
+    """The gradient MultiGrad steps along: the first random start's, zeroed where the N starts
+    disagree in sign (or it is zero).
+
+    Implements: golgooni2021 Alg. 2, lines 1-5 (:func:`multigrad` takes the step).
+    Args:
+        model, x, y, threat: as in ``fgsm``.
+        n: number of random starts N >= 1.
+    Returns:
+        grad, [B, C, H, W], detached.
+    """
     if int(n) != n or n < 1:
         raise ValueError(f"MultiGrad needs an integer number of random starts n >= 1, got {n}")
-    alpha = _check_alpha(alpha, threat.eps)
     with preserved_state(model):
         first, _ = input_gradient(model, x, y, threat.random_init(x))
         sign = first.sign()
@@ -230,8 +246,7 @@ def multigrad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
         for _ in range(int(n) - 1):
             grad, _ = input_gradient(model, x, y, threat.random_init(x))
             agree &= grad.sign() == sign
-    grad = torch.where(agree, first, torch.zeros_like(first))
-    return threat.project(threat.step(torch.zeros_like(x), grad, alpha), x).detach()
+    return torch.where(agree, first, torch.zeros_like(first)).detach()
 
 
 def free_update(delta: torch.Tensor, grad: torch.Tensor, threat: ThreatModel, x: torch.Tensor,

@@ -121,6 +121,23 @@ def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "
                                  f"`python -m fatlib records run --only {record}`)")
 
 
+def made_or_queued(artifact: str, claim: str, *, paper: str, records, scale: str) -> tuple:
+    """The records a comparison needs, or the queued row of the first one not made yet.
+
+    Args:
+        artifact, claim, paper: as in :func:`queued`.
+        records: names in data/record_queue.json.
+        scale: the scale the records have ('record scale: ...').
+    Returns:
+        (the Records, None) when all are made; (what :func:`made_record` gives for each,
+        the :func:`queued` Verdict of the first missing) otherwise.
+    """
+    made = [made_record(name) for name in records]
+    missing = [name for name, record in zip(records, made) if record is None]
+    return made, (queued(artifact, claim, paper=paper, record=missing[0], scale=scale)
+                  if missing else None)
+
+
 def made_record(record: str):
     """The record `record` if the queue has made it with the config its entry asks for.
 

@@ -239,20 +239,13 @@ FIG_SCALE = ("record scale: PreAct ResNet-18 width 16, 50,000 training images, w
 FIG_REASON = "the width-16 network in this record (one seed; history once per epoch)"
 
 
-def _queued_or(artifact: str, claim: str, paper: str, names: list):
-    """The made records of `names`, or the queued row of the first one missing."""
-    made = [chapter.made_record(n) for n in names]
-    missing = [n for n, r in zip(names, made) if r is None]
-    return made, (chapter.queued(artifact, claim, paper=paper, record=missing[0],
-                                 scale=FIG_SCALE) if missing else None)
-
-
 def figure1_verdict() -> verdicts.Verdict:
     """Fig. 1: the run collapses, and each kernel's largest update is in the epoch of the drop."""
     claim = "the largest weight update of FGSM-RS (alpha = 2 eps) is in the epoch of its collapse"
     paper = "a huge weight update exactly at the epoch of the collapse (Fig. 1, three kernels)"
-    (run,), queued = _queued_or("golgooni2021 Figure 1", claim, paper,
-                                [FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]])
+    (run,), queued = chapter.made_or_queued("golgooni2021 Figure 1", claim, paper=paper,
+                                            records=[FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]],
+                                            scale=FIG_SCALE)
     if queued:
         return queued
     parts = [verdicts.collapses([run.metrics["pgd_acc"]], run.metrics["n"], name="FGSM-RS")]
@@ -268,8 +261,9 @@ def figure2_verdict() -> verdicts.Verdict:
     claim = ("a fixed minibatch's FGSM-RS perturbation changes most in the epoch of the "
              "collapse; with the 35% smallest entries zeroed the run does not collapse")
     paper = "a jump of the perturbation change at the collapse, none with zeroing (Fig. 2)"
-    (rs, zg), queued = _queued_or("golgooni2021 Figure 2", claim, paper,
-                                  list(FIGURE_RECORDS.values()))
+    (rs, zg), queued = chapter.made_or_queued("golgooni2021 Figure 2", claim, paper=paper,
+                                              records=list(FIGURE_RECORDS.values()),
+                                              scale=FIG_SCALE)
     if queued:
         return queued
     rule = verdicts.all_of(
@@ -313,3 +307,304 @@ def algorithm_verdicts(zerograd_views: list, qs: list, multigrad_views: list, ns
                                         hi=1, name="growth of the unmoved share", digits=3), ball),
         paper="entries whose sign differs between the N starts are zeroed (Alg. 2)", scale=scale,
         reason="fatlib.attacks.multigrad does not follow Alg. 2")]
+
+
+# --------------------------------------------------------------------------- more settings
+# Tables 6, 7, 9 (52 epochs), 11 and App. C.2: one record per setting (three seeds for Table
+# 11), PGD-50-10 on 1,000 test images; the paper's numbers as printed (one seed unless an sd).
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of an appendix table: the paper's standard and PGD-50 accuracy (None where the
+    paper gives none), its sd over seeds where it gives one, and the records of the row."""
+
+    name: str
+    clean: float | None
+    pgd: float | None
+    records: tuple
+    pgd_sd: float | None = None
+    paper_note: str = ""
+
+    @property
+    def paper(self) -> str:
+        """'81.27% / 48.00%' (standard / PGD-50), with ± sd where given, or the paper's note."""
+        if self.pgd is None:
+            return self.paper_note
+        sd = f" ± {self.pgd_sd:.2f}" if self.pgd_sd is not None else ""
+        clean = f"{self.clean:.2f}% / " if self.clean is not None else ""
+        return f"{clean}{self.pgd:.2f}{sd}%" + (f" ({self.paper_note})" if self.paper_note else "")
+
+
+def _one(name: str) -> tuple:
+    return (f"rs16_golgooni2021_{name}",)
+
+
+TABLE6 = tuple(Setting(f"ZeroGrad (q = {q})", clean, pgd, _one(f"zerograd_q{tag}_eps8_s0"))
+               for q, tag, clean, pgd in ((0.3, 30, 81.27, 48.00), (0.4, 40, 81.70, 47.31),
+                                          (0.5, 50, 82.28, 45.98)))
+TABLE7 = tuple(Setting(f"MultiGrad (N = {n})", clean, pgd, _one(f"multigrad_n{n}_eps8_s0"))
+               for n, clean, pgd in ((2, 81.53, 48.18), (4, 81.79, 48.31), (5, 81.87, 47.87)))
+TABLE11 = tuple(Setting(f"FGSM-RS (alpha = 2 eps), clipping {c:.2f}", clean, pgd,
+                        tuple(f"rs16_golgooni2021_clip{tag}_s{s}" for s in range(3)), sd,
+                        f"best of 3 seeds {best:.2f}%")
+                for c, tag, clean, pgd, sd, best in ((0.02, "02", 46.67, 35.11, 0.04, 35.16),
+                                                     (0.06, "06", 69.04, 45.48, 0.17, 45.67),
+                                                     (0.10, "10", 78.23, 31.11, 22.00, 48.51)))
+C2 = (Setting("ZeroGrad (alpha = 1.5 eps, q = 0.6)", None, 19.29, _one("zerograd_a1.5_q60_eps16_s0")),
+      Setting("FGSM-RS (alpha = 0.75 eps)", None, 16.73, _one("fgsmrs_a0.75_eps16_s0")),
+      Setting("FGSM-RS (alpha = 0.875 eps)", None, None, _one("fgsmrs_a0.875_eps16_s0"),
+              paper_note="collapses"),
+      Setting("MultiGrad (N = 3, alpha = eps)", None, None, _one("multigrad_eps16_s0"),
+              paper_note="collapses"))
+TABLE9 = (Setting("MultiGrad (N = 3), 52 epochs", 81.34, 48.06, _one("multigrad_onedrop52_s0")),)
+TABLE9_NOT_RUN = ((102, 83.27, 48.29), (152, 82.85, 48.43), (202, 83.09, 48.98))
+ROLLBACK = "rs16_golgooni2021_rollback_q25_s0"
+TABLE8 = (("ZeroGrad (q = 0.45)", 85.84, 49.20), (MULTIGRAD, 85.44, 49.25))
+
+
+def _records_of(settings) -> dict:
+    return {row.name: row.records for row in settings}
+
+
+def _names(settings) -> tuple:
+    return tuple(row.name for row in settings)
+
+
+q30, q40, q50 = _names(TABLE6)
+CLIP02, CLIP06, CLIP10 = _names(TABLE11)
+C2_ZEROGRAD, C2_RS075, C2_RS0875, C2_MULTIGRAD = _names(C2)
+SETTING_CLAIMS = (
+    ("golgooni2021 Table 6", TABLE6,
+     Claim("ZeroGrad does not collapse at q = 0.3, 0.4 or 0.5", survive=_names(TABLE6))),
+    ("golgooni2021 Table 6", TABLE6,
+     Claim("a smaller q is more robust: q = 0.3 above q = 0.5", above=((q30, q50),))),
+    ("golgooni2021 Table 7", TABLE7,
+     Claim("MultiGrad does not collapse at N = 2, 4 or 5", survive=_names(TABLE7))),
+    ("golgooni2021 Table 9", TABLE9,
+     Claim("MultiGrad trains 52 epochs of the one-drop schedule without a collapse",
+           survive=_names(TABLE9))),
+    ("golgooni2021 Table 11", TABLE11,
+     Claim("clipping at 0.06 trains without a collapse, more robust than clipping at 0.02",
+           survive=(CLIP06,), above=((CLIP06, CLIP02),))),
+    ("golgooni2021 Appendix C.2", C2,
+     Claim("at 16/255 FGSM-RS (alpha = 0.875 eps) and MultiGrad collapse; ZeroGrad (alpha = 1.5 "
+           "eps, q = 0.6) and FGSM-RS (alpha = 0.75 eps) do not, ZeroGrad above FGSM-RS",
+           collapse=(C2_RS0875, C2_MULTIGRAD), survive=(C2_ZEROGRAD, C2_RS075),
+           above=((C2_ZEROGRAD, C2_RS075),))),
+)
+
+
+def setting_rows(settings) -> list:
+    """An appendix table beside the records made so far: the paper's numbers, ours per seed."""
+    out = []
+    for row in settings:
+        made = [r for r in map(chapter.made_record, row.records) if r]
+        out.append({"setting": row.name, "paper: standard / PGD-50": row.paper,
+                    "ours: standard": _ours(made, "clean_acc"),
+                    "ours: PGD-50-10": _ours(made, "pgd_acc"),
+                    "records": f"{len(made)} of {len(row.records)} made"})
+    return out
+
+
+def setting_verdicts() -> list:
+    """The closing rows of Tables 6, 7, 9, 11 and App. C.2 (fatlib.claims on their records)."""
+    out = []
+    for artifact, settings, claim in SETTING_CLAIMS:
+        rows = {row.name: row for row in settings}
+        paper = "; ".join(f"{name} {rows[name].paper}" for name in claim.rows)
+        out.append(claims.check_records(artifact, claim, _records_of(settings), paper=paper,
+                                        reason=REASON))
+    return out
+
+
+def clipping_instability_verdict() -> verdicts.Verdict:
+    """Table 11's last row: with clipping at 0.10 some seed collapses (the paper: 31.11 ±
+    22.00% over 3 seeds, best 48.51%): the collapse rule on the weakest of the 3 seeds."""
+    claim = "clipping at 0.10 is unstable: one of 3 seeds collapses"
+    row = TABLE11[2]
+    made, queued = chapter.made_or_queued("golgooni2021 Table 11", claim, paper=row.paper,
+                                          records=row.records, scale=_scale(row.records[0]))
+    if queued:
+        return queued
+    weakest = min(made, key=lambda r: r.metrics["pgd_acc"])
+    rule = verdicts.collapses([weakest.metrics["pgd_acc"]], weakest.metrics["n"],
+                              name=f"the weakest seed ({weakest.config.seed})")
+    return verdicts.check("golgooni2021 Table 11", claim, rule, paper=row.paper,
+                          scale=_scale(row.records[0]), reason=REASON)
+
+
+def _scale(record: str) -> str:
+    from fatlib import runs
+
+    return claims.scale_text("record scale", runs.queue_entry(record).config)
+
+
+def table9_not_run(record_minutes: float | None) -> list:
+    """Table 9's 102-202 epoch rows: not run here, with their cost from the 52-epoch record."""
+    cost = (f"about {record_minutes / 52:.1f} minutes an epoch here, as the 52-epoch record took"
+            if record_minutes else "epochs at the 52-epoch record's cost")
+    return [verdicts.not_run("golgooni2021 Table 9", f"MultiGrad (N = 3), {epochs} epochs",
+                             paper=f"{clean:.2f}% / {pgd:.2f}%",
+                             need=f"{epochs} epochs of record-scale training ({cost})")
+            for epochs, clean, pgd in TABLE9_NOT_RUN]
+
+
+def table8_not_run(step_ratio: float | None) -> list:
+    """Table 8 (WideResNet-34-10, 52 epochs): not run here; the cost as a measured step ratio."""
+    cost = (f"a WideResNet-34-10 step costs {step_ratio:.0f}x a PreAct ResNet-18 step here "
+            "(measured on this page)" if step_ratio else "a WideResNet-34-10 (the paper: 5x a "
+            "PreAct ResNet-18)")
+    return [verdicts.not_run("golgooni2021 Table 8", f"{name}, WideResNet-34-10, one-drop lr, "
+                             "52 epochs", paper=f"{clean:.2f}% / {pgd:.2f}%",
+                             need=f"52 epochs at the paper's scale; {cost}")
+            for name, clean, pgd in TABLE8]
+
+
+# --------------------------------------------------------------------------- roll-back (§5.2)
+
+def rollback_verdict() -> verdicts.Verdict:
+    """§5.2 / App. B.2: ZeroGrad from q0 = 0.25, rolled back at a detected collapse to the
+    epoch before it and continued at q = 0.45, ends without a collapse."""
+    claim = ("ZeroGrad from q = 0.25, rolled back at a collapse and continued at q = 0.45, "
+             "ends without a collapse")
+    paper = "CIFAR-10 trained 100 epochs without a collapse, best PGD-50 42.27% (§5.2, App. B.2)"
+    (run,), queued = chapter.made_or_queued("golgooni2021 Appendix B.2", claim, paper=paper,
+                                            records=[ROLLBACK], scale=_scale(ROLLBACK))
+    if queued:
+        return queued
+    rule = verdicts.survives([run.metrics["pgd_acc"]], run.metrics["n"], name="ZeroGrad rolled back")
+    return verdicts.check("golgooni2021 Appendix B.2", claim, rule, paper=paper,
+                          scale=_scale(ROLLBACK), reason=REASON)
+
+
+def rollback_figure(history: list, title: str) -> go.Figure:
+    """PGD accuracy per history record and the q it trained with (a roll-back shows as a step)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    epochs = [h["epoch"] for h in history]
+    fig.add_trace(go.Scatter(x=epochs, y=[h["pgd_acc"] for h in history], name="PGD accuracy (%)",
+                             mode="lines+markers"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=epochs, y=[h["q"] for h in history], name="q", mode="lines",
+                             line={"shape": "hv", "dash": "dot"}), secondary_y=True)
+    fig.update_layout(title=title, xaxis_title="epoch", height=360)
+    fig.update_yaxes(title_text="PGD accuracy (%)", range=[0, 100], secondary_y=False)
+    return fig.update_yaxes(title_text="q", range=[0, 1], secondary_y=True)
+
+
+# --------------------------------------------------------------------------- Table 4 (§5.3)
+
+TABLE4 = ((ZEROGRAD, 6.52, 6.49, RECORDS[ZEROGRAD][0]),
+          (MULTIGRAD, 7.15, 6.13, RECORDS[MULTIGRAD][0]),
+          ("FGSM-RS (alpha = eps)", 5.96, 5.95, "rs16_golgooni2021_fgsmrs_a1_eps8_s0"),
+          (FGSM_RS, 6.81, 6.78, RECORDS[FGSM_RS][0]),
+          (GRADALIGN, 7.89, 7.89, RECORDS[GRADALIGN][0]),
+          (PGD2, 7.21, 6.67, RECORDS[PGD2][0]),
+          (PGD10, 7.52, 7.16, RECORDS[PGD10][0]))
+FGSM_RS_A1 = TABLE4[2][0]
+SIZE = "golgooni2021 claim: the gain is not a smaller perturbation"
+
+
+def mean_l1_255(record: dict, entries: int = 3 * 32 * 32) -> float:
+    """A history record's mean l1 norm of the training perturbations per entry, times 255
+    (Table 4's unit: 8 is every entry at eps = 8/255)."""
+    return record["delta_l1"] / entries * 255
+
+
+def table4_rows() -> list:
+    """Table 4 beside the records: the l1 size (x 255, per entry) at the 2nd and last epoch."""
+    out = []
+    for name, second, last, record in TABLE4:
+        run = chapter.made_record(record)
+        ours = run and {h["epoch"]: mean_l1_255(h) for h in run.history if h.get("delta_l1")}
+        out.append({"method": name, "paper: epoch 2": f"{second:.2f}",
+                    "paper: epoch 52": f"{last:.2f}",
+                    "ours: epoch 2": f"{ours[2.0]:.2f}" if ours else "",
+                    "ours: last epoch": f"{ours[max(ours)]:.2f} (epoch {max(ours):g})" if ours else "",
+                    "record": record + ("" if run else " (queued)")})
+    return out
+
+
+def perturbation_size_verdict() -> verdicts.Verdict:
+    """§5.3: FGSM-RS with alpha = eps moves less than ZeroGrad and MultiGrad (l1, last epoch)
+    yet is less robust than both (fatlib.verdicts.greater on PGD-50-10)."""
+    claim = ("FGSM-RS with alpha = eps has smaller perturbations than ZeroGrad and MultiGrad but "
+             "is less robust than both")
+    paper = ("l1 x 255 at epoch 52: FGSM-RS (alpha = eps) 5.95, ZeroGrad 6.49, MultiGrad 6.13; "
+             "PGD-50 45.44% vs 47.55% and 47.85% (Table 4, §5.3)")
+    names = [RECORDS[ZEROGRAD][0], RECORDS[MULTIGRAD][0], TABLE4[2][3]]
+    made, queued = chapter.made_or_queued(SIZE, claim, paper=paper, records=names,
+                                          scale=_scale(names[0]))
+    if queued:
+        return queued
+    zg, mg, rs = made
+    size = lambda run: mean_l1_255(run.history[-1])
+    n = min(r.metrics["n"] for r in made)
+    rule = verdicts.all_of(
+        verdicts.within([size(rs) - size(zg), size(rs) - size(mg)], hi=0, digits=2,
+                        name="l1 x 255 of FGSM-RS (alpha = eps) minus ZeroGrad's, MultiGrad's"),
+        verdicts.greater([zg.metrics["pgd_acc"]], [rs.metrics["pgd_acc"]], n,
+                         names=(ZEROGRAD, FGSM_RS_A1)),
+        verdicts.greater([mg.metrics["pgd_acc"]], [rs.metrics["pgd_acc"]], n,
+                         names=(MULTIGRAD, FGSM_RS_A1)))
+    return verdicts.check(SIZE, claim, rule, paper=paper, scale=_scale(names[0]), reason=REASON)
+
+
+# --------------------------------------------------------------------------- Figure 3 (§4.5)
+
+FIG3_RECORD = "scale_preact18_w16_fgsm_rs_8"  # FGSM-RS (alpha = 1.25 eps), no collapse
+
+
+def multigrad_gradients(model, x, y, threat: ThreatModel, n: int = 3, seed: int = 0) -> tuple:
+    """(the first random start's input gradient, what MultiGrad keeps of it), seeded."""
+    torch.manual_seed(seed)
+    first, _ = attacks.input_gradient(model, x, y, threat.random_init(x))
+    torch.manual_seed(seed)
+    return first.detach(), attacks.multigrad_gradient(model, x, y, threat, n=n)
+
+
+def zeroed_shares(grad: torch.Tensor, kept: torch.Tensor) -> tuple:
+    """Per image: (% of the entries MultiGrad zeroed, % of the gradient's l1 mass they held)."""
+    gone = (kept == 0) & (grad != 0)
+    count = 100 * gone.flatten(1).float().mean(1)
+    mass = 100 * (grad.abs() * gone).flatten(1).sum(1) / grad.abs().flatten(1).sum(1).clamp_min(1e-30)
+    return count.tolist(), mass.tolist()
+
+
+def gradient_image(grad: torch.Tensor) -> torch.Tensor:
+    """|grad| summed over colour and scaled to [0, 1] per image, as a grey RGB image."""
+    size = grad.abs().sum(0, keepdim=True)
+    return (size / size.max().clamp_min(1e-30)).expand(3, -1, -1)
+
+
+def gradient_grid(x: torch.Tensor, grad: torch.Tensor, kept: torch.Tensor, title: str) -> go.Figure:
+    """Fig. 3: the images, their input gradients and MultiGrad's, one column per image."""
+    k = len(x)
+    fig = make_subplots(rows=3, cols=k, horizontal_spacing=0.01, vertical_spacing=0.03,
+                        row_titles=["x", "|gradient|", "|MultiGrad|"])
+    for i in range(k):
+        for row, image in enumerate((x[i], gradient_image(grad[i]), gradient_image(kept[i])), 1):
+            fig.add_trace(plots.image_trace(image), row=row, col=i + 1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig.update_layout(title=title, height=120 + 100 * 3, width=None)
+
+
+def figure3_verdict(count: list, mass: list, *, scale: str) -> verdicts.Verdict:
+    """Fig. 3: MultiGrad zeroes the small entries: on every image the zeroed entries hold a
+    smaller share of the gradient's l1 mass than their share of the entries."""
+    claim = "MultiGrad zeroes only small gradient entries: the kept gradient looks like the gradient"
+    rule = verdicts.within([m - c for c, m in zip(count, mass)], hi=0, digits=1,
+                           name="share of l1 mass zeroed - share of entries zeroed (points)")
+    return verdicts.check("golgooni2021 Figure 3", claim, rule, scale=scale,
+                          paper="the second and third rows are nearly identical (Fig. 3)",
+                          reason="MultiGrad zeroes large entries of this network's gradient")
+
+
+def table10_not_run() -> verdicts.Verdict:
+    """Table 10 (App. C.4): not run here; the histories do not count PGD-10 sign agreement."""
+    return verdicts.not_run(
+        "golgooni2021 Table 10", "the share of perturbation signs that differ from PGD-10's "
+        "grows at the collapse for FGSM and ZeroGrad, hardly for MultiGrad",
+        paper="before / after: FGSM 17.58 / 48.53%, MultiGrad 11.48 / 12.82%, ZeroGrad (q = "
+              "0.4) 6.49 / 28.66% (Table 10)",
+        need="a history metric of the three methods' sign agreement with PGD-10 (fatlib "
+             "records cos_fgsm_pgd only) and an FGSM-trained record with it")

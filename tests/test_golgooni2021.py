@@ -92,3 +92,52 @@ def test_the_algorithm_views_zero_a_q_share_and_stay_in_the_ball():
     fig = G.algorithm_slider(x[:1], [G.zerograd_view(model, x[:1], y[:1], threat, q)
                                      for q in (0.1, 0.5)], [0.1, 0.5], label="q", what="ZeroGrad")
     assert len(fig.layout.sliders[0].steps) == 2
+
+
+def test_every_appendix_setting_is_queued_with_its_tables_change():
+    c = {name: runs.queue_entry(name).config for s in G.TABLE6 + G.TABLE7 + G.TABLE9 + G.TABLE11 + G.C2
+         for name in s.records}
+    assert [c[s.records[0]].zg_q for s in G.TABLE6] == [0.3, 0.4, 0.5]
+    assert [c[s.records[0]].mg_n for s in G.TABLE7] == [2, 4, 5]
+    assert [c[s.records[0]].grad_clip for s in G.TABLE11] == [0.02, 0.06, 0.10]
+    assert [c[name].seed for name in G.TABLE11[1].records] == [0, 1, 2]
+    assert all(c[s.records[0]].eps == pytest.approx(16 / 255) for s in G.C2)
+    long = c[G.TABLE9[0].records[0]]
+    assert (long.epochs, long.lr_schedule, long.method) == (52, "onedrop", "multigrad")
+    rollback = runs.queue_entry(G.ROLLBACK).config
+    assert (rollback.zg_q, rollback.rollback_qs) == (0.25, (0.45,))
+
+
+def test_appendix_claims_are_queued_rows_until_their_records_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path))
+    rows = G.setting_verdicts() + [G.clipping_instability_verdict(), G.rollback_verdict(),
+                                   G.perturbation_size_verdict()]
+    assert all(r.verdict == verdicts.NOT_RUN and "queued" in r.detail for r in rows)
+    for name in G.TABLE11[2].records:
+        _fake_record(tmp_path, name, pgd={"0": 48.0, "1": 44.0, "2": 1.5}[name[-1]])
+    unstable = G.clipping_instability_verdict()
+    assert unstable.verdict == verdicts.REDUCED and "seed (2)" in unstable.ours
+    assert all(r.verdict == verdicts.NOT_RUN for r in G.table8_not_run(5.0) + G.table9_not_run(None))
+
+
+def test_mean_l1_is_per_entry_times_255():
+    assert G.mean_l1_255({"delta_l1": 3072 * 8 / 255}) == pytest.approx(8.0)
+
+
+def test_multigrad_gradient_is_what_multigrad_steps_along_and_its_shares():
+    torch.manual_seed(0)
+    model = models.build("cnn1", "cifar10", n_filters=4).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    threat = ThreatModel("linf", 8 / 255)
+    grad, kept = G.multigrad_gradients(model, x, y, threat, n=3, seed=1)
+    assert torch.equal(torch.where(kept != 0, grad, torch.zeros_like(grad)), kept)
+    torch.manual_seed(1)
+    delta = G.attacks.multigrad(model, x, y, threat, n=3)
+    assert torch.equal(delta, threat.project(threat.step(torch.zeros_like(x), kept, 8 / 255), x))
+    count, mass = G.zeroed_shares(grad, kept)
+    assert len(count) == 3 and all(0 <= m <= 100 and 0 <= c <= 100 for c, m in zip(count, mass))
+    small = grad.clone()
+    small[:, 0] = 1e-9  # zero the smallest channel: a tiny share of the mass
+    c1, m1 = G.zeroed_shares(small, torch.where(small.abs() > 1e-8, small, torch.zeros_like(small)))
+    assert all(m < c for c, m in zip(c1, m1))
+    assert G.figure3_verdict(c1, m1, scale="smoke: test").verdict == verdicts.REDUCED
