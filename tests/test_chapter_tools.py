@@ -1,6 +1,7 @@
 """The tools every chapter shares: the one definition of catastrophic overfitting
-(fatlib.overfitting), the one timing function (fatlib.bench.median_seconds), and closing
-tables whose rows the scoreboard reads back out of executed notebooks (fatlib.chapter)."""
+(fatlib.overfitting) and closing tables whose rows the scoreboard reads back out of executed
+notebooks (fatlib.chapter). The one timing function (fatlib.bench) is tested in
+tests/test_bench.py."""
 
 import json
 import math
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 
-from fatlib import bench, chapter, overfitting, verdicts
+from fatlib import chapter, overfitting, verdicts
 
 
 def _history(*pairs):
@@ -70,23 +71,6 @@ def test_diagnose_says_what_happened_in_one_line():
 
 def test_the_verdict_rule_and_the_history_rule_share_one_threshold():
     assert verdicts.COLLAPSE_THRESHOLD is overfitting.COLLAPSE_THRESHOLD
-
-
-# --------------------------------------------------------------------------- timing
-
-def test_median_seconds_takes_a_functions_own_measurement_and_times_the_rest():
-    calls = []
-    t = bench.median_seconds({"own": lambda: calls.append(1) or 2.5, "wall": lambda: None},
-                             warmup=1, rounds=3)
-    assert t["own"] == 2.5 and 0 <= t["wall"] < 1
-    assert len(calls) == 4  # warm-up rounds run but are not timed
-
-
-def test_median_seconds_refuses_nothing_to_time():
-    with pytest.raises(ValueError, match="at least one function"):
-        bench.median_seconds({})
-    with pytest.raises(ValueError, match="rounds"):
-        bench.median_seconds({"a": lambda: None}, rounds=0)
 
 
 # --------------------------------------------------------------------------- closing tables

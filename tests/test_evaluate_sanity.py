@@ -191,14 +191,3 @@ def test_attack_purity_check(monkeypatch):
     check = sanity.check_attack_purity(model, x, y, THREAT)
     assert not check.passed and "fgsm_rs" in check.message
     assert not model.training
-
-
-# --- benchmark smoke test ---------------------------------------------------------------------
-
-@pytest.mark.benchmark
-def test_bench_quick_runs(capsys):
-    from fatlib import bench
-
-    assert bench.main(["--quick", "--model", "cnn1", "--threads", "1", "--no-fp32"]) == 0
-    out = capsys.readouterr().out
-    assert "fgsm_rs/standard (" in out and "robust fraction" in out
