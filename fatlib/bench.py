@@ -134,6 +134,13 @@ class Timing:
     def trusted(self, name: str, baseline: str | None = None) -> bool:
         return self.ratio_stats(name, baseline)["trusted"]
 
+    def spread_text(self, name: str, baseline: str | None = None, digits: int = 2) -> str:
+        """The per-round ratios' range in words, saying when it is too wide to trust the ratio:
+        '1.50-1.60 over 4 rounds' or '... over 4 rounds: not to be trusted (...)'."""
+        r, d = self.ratio_stats(name, baseline), digits
+        text = f"{r['low']:.{d}f}-{r['high']:.{d}f} over {self.rounds} rounds"
+        return text if r["trusted"] else f"{text}: not to be trusted ({r['why']})"
+
     def warnings(self, baseline: str | None = None) -> list:
         """A line per ratio to the baseline that is not to be trusted."""
         base = self._base(baseline)
@@ -680,6 +687,34 @@ def _load() -> list | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------- tables
+
+def step_rows(report: dict) -> list:
+    """Rows of a table of the report's steps: method, precision / layout, ms, ratio to a
+    standard step, the per-round range (flagged when not to be trusted), floor, ratio / floor."""
+    rows = []
+    for row in report["steps"].values():
+        for cfg, c in row["configs"].items():
+            rng = f"{c['ratio_low']:.2f}-{c['ratio_high']:.2f}"
+            rows.append({"method": row["label"], "precision / layout": cfg,
+                         "ms per step": f"{1000 * c['median_s']:.1f}",
+                         "/ standard": f"{c['ratio']:.2f}",
+                         "per-round range": rng if c["trusted"] else f"{rng}: not to be trusted",
+                         "floor": f"{row['floor']:.2f}" + ("" if row["floor_exact"] else " (est.)"),
+                         "/ floor": f"{c['over_floor']:.2f}"})
+    return rows
+
+
+def target_rows(report: dict) -> list:
+    """Rows of a table of the report's targets: ratio, target, its floor, pass / fail."""
+    return [{"ratio": t["name"], "measured": "-" if t["value"] is None else f"{t['value']:.2f}",
+             "target": f"{t['op']} {t['limit']:g}",
+             "floor": "" if t["floor"] is None else f"{t['floor']:.2f}",
+             "meets it": {None: "not measured", True: "yes", False: "no"}[t["pass"]],
+             "trusted": "" if t["trusted"] in (True, None) else f"no: {t['why']}",
+             "source": t["source"]} for t in report["targets"]]
 
 
 # --------------------------------------------------------------------------- verdict rows

@@ -241,3 +241,20 @@ def test_pgd_cost_makes_the_robust_fractions_it_asks_for():
     assert [r["measured"] for r in g["fractions"]] == [0.0, 0.5, 1.0]
     assert g["plain_s"] > 0 and all(r["ratio"] > 0 and not math.isnan(r["ratio"])
                                     for r in g["fractions"])
+
+
+def test_spread_text_says_when_a_ratio_is_not_to_be_trusted():
+    clock = FakeClock()
+    fns = {"a": clock.costs(1.0), "b": clock.costs(1.5), "c": clock.costs(1.0, 3.0, 1.0, 3.0)}
+    t = bench.timing(fns, baseline="a", warmup=0, rounds=4, clock=clock)
+    assert t.spread_text("b") == "1.50-1.50 over 4 rounds"
+    assert t.spread_text("c").startswith("1.00-3.00 over 4 rounds: not to be trusted (")
+
+
+def test_table_rows_cover_every_config_and_target(report):
+    rows = bench.step_rows(report)
+    assert len(rows) == sum(len(r["configs"]) for r in report["steps"].values())
+    assert any(r["floor"].endswith("(est.)") for r in rows)  # GradAlign's count is an estimate
+    targets = bench.target_rows(report)
+    assert [t["ratio"] for t in targets] == [t["name"] for t in report["targets"]]
+    assert {t["meets it"] for t in targets} <= {"yes", "no", "not measured"}
