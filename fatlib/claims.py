@@ -34,6 +34,11 @@ def scale_text(kind: str, config: TrainConfig) -> str:
             f"{config.final_n_eval:,} test images")
 
 
+def record_scale(record: str) -> str:
+    """:func:`scale_text` of the record `record` of data/record_queue.json, at record scale."""
+    return scale_text("record scale", runs.queue_entry(record).config)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A qualitative claim of the paper about named rows, and the rule of fatlib.verdicts that
@@ -91,7 +96,7 @@ def check_records(artifact: str, claim: Claim, records: dict, *, paper: str,
     missing = [records[r][0] for r in claim.rows if not made[r]]
     if missing:
         return chapter.queued(artifact, claim.text, paper=paper, record=missing[0],
-                              scale=scale_text("record scale", runs.queue_entry(missing[0]).config))
+                              scale=record_scale(missing[0]))
     first = made[claim.rows[0]][0].config
     return check(artifact, claim, made, paper=paper, scale=scale_text("record scale", first),
                  reason=reason)

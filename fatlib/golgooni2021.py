@@ -100,17 +100,21 @@ def _ours(records: list, key: str) -> str:
     return f"{values}%" if records else ""
 
 
+def _ours_columns(names) -> dict:
+    """Our columns of a table row: standard and PGD-50-10 per seed made, and how many are."""
+    made = [r for r in map(chapter.made_record, names) if r]
+    return {"ours: standard": _ours(made, "clean_acc"), "ours: PGD-50-10": _ours(made, "pgd_acc"),
+            "records": f"{len(made)} of {len(names)} made"}
+
+
 def table1_rows() -> list:
     """Table 1 beside the records made so far: the paper's mean ± sd, ours per seed."""
     out = []
     for row in TABLE1:
-        made = [r for r in map(chapter.made_record, row.records) if r]
         out.append({"method": row.name,
                     "paper: standard": f"{row.clean:.2f} ± {row.clean_sd:.2f}%",
                     "paper: PGD-50": f"{row.pgd:.2f} ± {row.pgd_sd:.2f}%",
-                    "ours: standard": _ours(made, "clean_acc"),
-                    "ours: PGD-50-10": _ours(made, "pgd_acc"),
-                    "records": f"{len(made)} of {len(row.records)} made"})
+                    **_ours_columns(row.records)})
     return out
 
 
@@ -396,14 +400,8 @@ SETTING_CLAIMS = (
 
 def setting_rows(settings) -> list:
     """An appendix table beside the records made so far: the paper's numbers, ours per seed."""
-    out = []
-    for row in settings:
-        made = [r for r in map(chapter.made_record, row.records) if r]
-        out.append({"setting": row.name, "paper: standard / PGD-50": row.paper,
-                    "ours: standard": _ours(made, "clean_acc"),
-                    "ours: PGD-50-10": _ours(made, "pgd_acc"),
-                    "records": f"{len(made)} of {len(row.records)} made"})
-    return out
+    return [{"setting": row.name, "paper: standard / PGD-50": row.paper, **_ours_columns(row.records)}
+            for row in settings]
 
 
 def setting_verdicts() -> list:
@@ -422,21 +420,16 @@ def clipping_instability_verdict() -> verdicts.Verdict:
     22.00% over 3 seeds, best 48.51%): the collapse rule on the weakest of the 3 seeds."""
     claim = "clipping at 0.10 is unstable: one of 3 seeds collapses"
     row = TABLE11[2]
+    scale = claims.record_scale(row.records[0])
     made, queued = chapter.made_or_queued("golgooni2021 Table 11", claim, paper=row.paper,
-                                          records=row.records, scale=_scale(row.records[0]))
+                                          records=row.records, scale=scale)
     if queued:
         return queued
     weakest = min(made, key=lambda r: r.metrics["pgd_acc"])
     rule = verdicts.collapses([weakest.metrics["pgd_acc"]], weakest.metrics["n"],
                               name=f"the weakest seed ({weakest.config.seed})")
     return verdicts.check("golgooni2021 Table 11", claim, rule, paper=row.paper,
-                          scale=_scale(row.records[0]), reason=REASON)
-
-
-def _scale(record: str) -> str:
-    from fatlib import runs
-
-    return claims.scale_text("record scale", runs.queue_entry(record).config)
+                          scale=scale, reason=REASON)
 
 
 def table9_not_run(record_minutes: float | None) -> list:
@@ -468,13 +461,14 @@ def rollback_verdict() -> verdicts.Verdict:
     claim = ("ZeroGrad from q = 0.25, rolled back at a collapse and continued at q = 0.45, "
              "ends without a collapse")
     paper = "CIFAR-10 trained 100 epochs without a collapse, best PGD-50 42.27% (§5.2, App. B.2)"
+    scale = claims.record_scale(ROLLBACK)
     (run,), queued = chapter.made_or_queued("golgooni2021 Appendix B.2", claim, paper=paper,
-                                            records=[ROLLBACK], scale=_scale(ROLLBACK))
+                                            records=[ROLLBACK], scale=scale)
     if queued:
         return queued
     rule = verdicts.survives([run.metrics["pgd_acc"]], run.metrics["n"], name="ZeroGrad rolled back")
     return verdicts.check("golgooni2021 Appendix B.2", claim, rule, paper=paper,
-                          scale=_scale(ROLLBACK), reason=REASON)
+                          scale=scale, reason=REASON)
 
 
 def rollback_figure(history: list, title: str) -> go.Figure:
@@ -531,8 +525,8 @@ def perturbation_size_verdict() -> verdicts.Verdict:
     paper = ("l1 x 255 at epoch 52: FGSM-RS (alpha = eps) 5.95, ZeroGrad 6.49, MultiGrad 6.13; "
              "PGD-50 45.44% vs 47.55% and 47.85% (Table 4, §5.3)")
     names = [RECORDS[ZEROGRAD][0], RECORDS[MULTIGRAD][0], TABLE4[2][3]]
-    made, queued = chapter.made_or_queued(SIZE, claim, paper=paper, records=names,
-                                          scale=_scale(names[0]))
+    scale = claims.record_scale(names[0])
+    made, queued = chapter.made_or_queued(SIZE, claim, paper=paper, records=names, scale=scale)
     if queued:
         return queued
     zg, mg, rs = made
@@ -545,7 +539,7 @@ def perturbation_size_verdict() -> verdicts.Verdict:
                          names=(ZEROGRAD, FGSM_RS_A1)),
         verdicts.greater([mg.metrics["pgd_acc"]], [rs.metrics["pgd_acc"]], n,
                          names=(MULTIGRAD, FGSM_RS_A1)))
-    return verdicts.check(SIZE, claim, rule, paper=paper, scale=_scale(names[0]), reason=REASON)
+    return verdicts.check(SIZE, claim, rule, paper=paper, scale=scale, reason=REASON)
 
 
 # --------------------------------------------------------------------------- Figure 3 (§4.5)
