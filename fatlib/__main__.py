@@ -4,6 +4,8 @@
         --epsilon 0.3 --alpha 0.375 --optimizer adam --lr-max 5e-3 --epochs 10 --batch-size 100
     python -m fatlib eval --run runs/<hash> --epsilon 0.1 0.3 --attacks clean pgd
     torchrun --nproc_per_node=2 -m fatlib train ...      (DDP: gloo on CPU, nccl on CUDA)
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        --rdzv_id=JOB -m fatlib train ...            (on every node; scripts/two_nodes.sh)
     python -m fatlib records status                      (the record queue; `records run`)
 
 Every TrainConfig field is a flag (``--lr-max`` for lr_max); eps, alpha and step sizes are
