@@ -17,6 +17,9 @@ epoch and a second call resumes from it.
     result = train_imagenet(ImageNetConfig(root="/data/imagenet"), "runs/imagenet_fgsm")
     acc = evaluate_folder(result.model, folder, size=288, eps=2 / 255, n=1000)
 
+``RestrictedImageNet(root, split)`` reads the same folder as Restricted ImageNet (9 super-classes
+of 203 ImageNet classes, the data set of l2fast §IV).
+
 The tests run it on a tiny synthetic folder; a real run needs ImageNet and GPUs (the
 paper: 12 hours on four RTX 2080ti for 15 epochs).
 """
@@ -63,14 +66,17 @@ class ImageFolder:
                   f"(ImageNet prepared for torchvision's ImageFolder)")
         if not train_dir.is_dir() or not folder.is_dir():
             raise FileNotFoundError(f"no image folder at {self.root}: {layout}")
-        self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-        index = {c: i for i, c in enumerate(self.classes)}
+        self.classes, index = self._label(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
         files = sorted((p, index[p.parent.name]) for p in folder.glob("*/*")
                        if p.suffix.lower() in SUFFIXES and p.parent.name in index)
         if not files:
             raise FileNotFoundError(f"no images in {folder}: {layout}")
         self.paths = [p for p, _ in files]
         self.labels = torch.tensor([c for _, c in files], dtype=torch.int64)
+
+    def _label(self, folders: list[str]) -> tuple[list[str], dict[str, int]]:
+        """(class names, label of each class folder kept) from the sorted train class folders."""
+        return folders, {c: i for i, c in enumerate(folders)}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,22 +92,88 @@ class ImageFolder:
                                     train_crop, generator) for i in indices])
 
 
-def make_synthetic_folder(root, *, classes: int = 2, train: int = 6, val: int = 3, seed: int = 0) -> Path:
+def make_synthetic_folder(root, *, classes: int = 2, train: int = 6, val: int = 3, seed: int = 0,
+                          populated=None) -> Path:
     """Write a tiny image folder in ImageNet's layout (for tests and the book's demonstration).
 
     Class c's images are noise with colour channel c % 3 raised, of varied sizes, saved
-    alternately as PNG and JPEG; folder names look like ImageNet's WordNet ids. Returns root.
+    alternately as PNG and JPEG; folder names look like ImageNet's WordNet ids, in class
+    order (``n00000007`` is class 7). ``populated``: the classes that get images (None: all);
+    the others' folders are left empty, e.g. 1000 classes of which a few hold images for
+    :class:`RestrictedImageNet`. Returns root.
     """
     root, rng = Path(root), np.random.default_rng(seed)
+    populated = range(classes) if populated is None else set(populated)
     for split, n in (("train", train), ("val", val)):
         for c in range(classes):
             folder = root / split / f"n{c:08d}"
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
+            for i in range(n if c in populated else 0):
                 img = rng.integers(0, 120, (30 + 4 * i, 40, 3), dtype=np.uint8)
                 img[..., c % 3] += 120
                 Image.fromarray(img).save(folder / f"{i}.{'JPEG' if i % 2 else 'png'}")
     return root
+
+
+# Restricted ImageNet (Tsipras et al. 2019, "Robustness may be at odds with accuracy"; the
+# MadryLab robustness library's RestrictedImageNet, RESTRICTED_IMAGNET_RANGES in its
+# tools/constants.py; the data set of l2fast §IV): 9 super-classes, each an inclusive range of
+# ImageNet class indices (the 1000 WordNet ids sorted, as ImageFolder sorts them), 203 classes
+# in all; a super-class's label is its position here. robustness names "primate" "monkey";
+# l2fast §IV says "10 super-classes" but lists these 9, and its 10,150 validation images are
+# these 203 classes x 50.
+RESTRICTED_IMAGENET = (("dog", 151, 268), ("cat", 281, 285), ("frog", 30, 32), ("turtle", 33, 37),
+                       ("bird", 80, 100), ("primate", 365, 382), ("fish", 389, 397),
+                       ("crab", 118, 121), ("insect", 300, 319))
+IMAGENET_CLASSES = 1000
+
+
+def restricted_labels(classes) -> dict[str, int]:
+    """The Restricted ImageNet label of each ImageNet class it keeps.
+
+    Implements: the label mapping of the robustness library's ``RestrictedImageNet``
+    (:data:`RESTRICTED_IMAGENET`), the data set of l2fast §IV.
+    Args:
+        classes: ImageNet's 1000 class folder names (WordNet ids such as 'n02085620'), in any
+            order; class i is the i-th in sorted order.
+    Returns:
+        {class name: super-class label in 0..8} for the 203 classes kept; the other 797 are
+        left out (their images are dropped).
+    Raises:
+        ValueError: ``classes`` is not 1000 distinct names.
+    """
+    names = sorted(set(classes))
+    if len(names) != IMAGENET_CLASSES or len(classes) != IMAGENET_CLASSES:
+        raise ValueError(f"Restricted ImageNet maps ImageNet's {IMAGENET_CLASSES} classes by their "
+                         f"sorted index, so it needs exactly {IMAGENET_CLASSES} distinct class "
+                         f"folders; got {len(names)} distinct of {len(classes)}")
+    return {names[i]: label for label, (_, first, last) in enumerate(RESTRICTED_IMAGENET)
+            for i in range(first, last + 1)}
+
+
+class RestrictedImageNet(ImageFolder):
+    """An ImageNet folder read as Restricted ImageNet: 9 super-class labels, other images dropped.
+
+    Implements: the robustness library's ``RestrictedImageNet``, the data set of l2fast §IV
+    (:data:`RESTRICTED_IMAGENET`, :func:`restricted_labels`).
+    Args:
+        root: an ImageNet folder (``train/<wnid>/`` and ``val/<wnid>/``, all 1000 classes in
+            ``train/``; ``val/`` may lack some).
+        split: 'train', or 'val' (alias 'test').
+    Attributes:
+        classes: the 9 super-class names, in label order ('dog' is 0, 'insect' 8).
+        synsets: the class folders kept, {WordNet id: label}.
+    Raises:
+        ValueError: ``train/`` does not hold exactly 1000 class folders (not a full ImageNet).
+        FileNotFoundError: as ImageFolder; also when no image is in a kept class.
+    """
+
+    def _label(self, folders: list[str]) -> tuple[list[str], dict[str, int]]:
+        try:
+            self.synsets = restricted_labels(folders)
+        except ValueError as e:
+            raise ValueError(f"{self.root / 'train'} is not an ImageNet folder: {e}") from None
+        return [name for name, _, _ in RESTRICTED_IMAGENET], self.synsets
 
 
 def _square(img: Image.Image, size: int, random_crop: bool, g: torch.Generator | None) -> torch.Tensor:
