@@ -571,15 +571,8 @@ def gradient_image(grad: torch.Tensor) -> torch.Tensor:
 
 def gradient_grid(x: torch.Tensor, grad: torch.Tensor, kept: torch.Tensor, title: str) -> go.Figure:
     """Fig. 3: the images, their input gradients and MultiGrad's, one column per image."""
-    k = len(x)
-    fig = make_subplots(rows=3, cols=k, horizontal_spacing=0.01, vertical_spacing=0.03,
-                        row_titles=["x", "|gradient|", "|MultiGrad|"])
-    for i in range(k):
-        for row, image in enumerate((x[i], gradient_image(grad[i]), gradient_image(kept[i])), 1):
-            fig.add_trace(plots.image_trace(image), row=row, col=i + 1)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    return fig.update_layout(title=title, height=120 + 100 * 3, width=None)
+    return plots.image_grid({"x": x, "|gradient|": [gradient_image(g) for g in grad],
+                             "|MultiGrad|": [gradient_image(k) for k in kept]}, title=title)
 
 
 def figure3_verdict(count: list, mass: list, *, scale: str) -> verdicts.Verdict:

@@ -150,6 +150,36 @@ def image_trace(image, name: str = "") -> go.Image:
     return go.Image(source=uri, name=name, hoverinfo="skip")
 
 
+def image_grid(rows: dict, *, column_titles: Sequence[str] | None = None,
+               title: str | None = None, row_height: int = 100) -> go.Figure:
+    """A grid of images: one row per entry, one column per image (e.g. a visualisation per
+    model, or an image and its gradients).
+
+    Args:
+        rows: row title -> images in [0, 1] ([K, C, H, W] or a list of [C, H, W]); every row
+            has the same number of images.
+        column_titles: a title per column (optional).
+        title: the figure's title.
+        row_height: pixels per row.
+    Returns:
+        go.Figure without axes.
+    """
+    images = {name: list(row) for name, row in rows.items()}
+    cols = {len(row) for row in images.values()}
+    if len(cols) != 1 or not cols or 0 in cols:
+        raise ValueError(f"image_grid needs rows of the same, non-zero length; got "
+                         f"{ {name: len(row) for name, row in images.items()} }")
+    k = cols.pop()
+    fig = make_subplots(rows=len(images), cols=k, horizontal_spacing=0.01, vertical_spacing=0.03,
+                        row_titles=list(images), column_titles=list(column_titles or []) or None)
+    for r, row in enumerate(images.values(), 1):
+        for c, image in enumerate(row, 1):
+            fig.add_trace(image_trace(image), row=r, col=c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig.update_layout(title=title, height=120 + row_height * len(images), width=None)
+
+
 def _probability_trace(probs, label: int, classes: Sequence[str], name: str) -> go.Bar:
     p = _numpy(probs).astype(np.float64)
     pred = int(p.argmax())

@@ -59,9 +59,12 @@ def run_path(config: TrainConfig) -> Path:
 
 
 def is_main() -> bool:
-    """True unless this is a non-zero rank of an initialised process group (DDP)."""
+    """True unless this is a non-zero rank of DDP: of an initialised process group, or, before
+    the group is joined, of the RANK that torchrun gives each process."""
     dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_json(path: Path, obj) -> None:
