@@ -789,7 +789,7 @@ def _parse(argv):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    size = (dict(width=4, batch_size=8, warmup=1, rounds=2, pgd_n=8, pgd_steps=3, pgd_restarts=2)
+    size = (dict(width=8, batch_size=8, warmup=1, rounds=2, pgd_n=8, pgd_steps=3, pgd_restarts=2)
             if a.quick else dict(width=64, batch_size=128, warmup=2, rounds=5, pgd_n=20,
                                  pgd_steps=50, pgd_restarts=10)
             if a.paper else dict(width=16, batch_size=128, warmup=1, rounds=3, pgd_n=20,

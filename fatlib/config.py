@@ -285,6 +285,11 @@ def _validate(c: TrainConfig) -> None:
         bad("fgsm_init 'random_unclipped' is defined for norm='linf'")
     if c.method == "l2fast" and c.norm != "l2":
         bad("method 'l2fast' needs norm='l2'")
+    if c.channels_last and c.model == "preact_resnet18" and c.model_kw.get("base_width", 64) < 8:
+        bad(f"channels_last with preact_resnet18 base_width {c.model_kw['base_width']} < 8: torch "
+            f"2.14's CPU kernels corrupt the heap (a crash, not an error) in the backward pass of a "
+            f"1x1 stride-2 convolution with fewer than 8 input channels in channels_last (seen on "
+            f"an AVX2-only AMD EPYC); use base_width >= 8 or channels_last=False")
     if c.method == "gradalign" and c.norm != "linf":
         bad("method 'gradalign' is defined for norm='linf' (andriushchenko2020 eq. 7)")
     _check_nfgsm_and_elle(c, bad)

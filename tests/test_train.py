@@ -117,6 +117,7 @@ def test_a_step_above_four_eps_warns_but_is_allowed():
     (dict(fgsm_init="random_unclipped", norm="l2", eps=1.0), "random_unclipped"),
     (dict(method="l2fast"), "needs norm='l2'"),
     (dict(method="gradalign", norm="l2"), "norm='linf'"),
+    (dict(model="preact_resnet18", model_kw={"base_width": 4}, channels_last=True), "base_width >= 8"),
     (dict(optimizer="rmsprop"), "optimizer"),
     (dict(lr_schedule="cosine"), "lr_schedule"),
     (dict(lr_max=0.0), "lr_max"),
