@@ -252,10 +252,6 @@ def test_robustness_rows_wait_for_the_queued_records():
     assert rows[1].verdict == verdicts.NOT_RUN and L.RECORDS[SEVEN] in rows[1].detail
 
 
-@pytest.mark.xfail(strict=True, reason="robustness_verdicts (the second, effective definition) "
-                   "always names rs16_l2fast_pgd7_s0 in the queued 7-step row, even when the "
-                   "7-step model is made and the 1-step one is missing (the first, shadowed "
-                   "definition named RECORDS[SEVEN if ONE in curves else ONE])")
 def test_the_queued_seven_step_row_names_the_missing_record():
     curves = {NONE: dict(zip(EPS_GRID, STANDARD)), SEVEN: dict(zip(EPS_GRID, SEVEN_STEP))}
     rows = L.robustness_verdicts(curves, 1000, scale=SCALE)
@@ -263,10 +259,6 @@ def test_the_queued_seven_step_row_names_the_missing_record():
     assert L.RECORDS[ONE] in rows[1].detail and L.RECORDS[SEVEN] not in rows[1].detail
 
 
-@pytest.mark.xfail(strict=True, reason="robustness_verdicts' queued 1-step row has the claim "
-                   "'... more robust than standard' but the checked row '... at every eps > 0': "
-                   "the scoreboard keys rows by artifact and claim, so the row changes identity "
-                   "when the record arrives (the shadowed first definition used one text)")
 def test_a_figure2_row_keeps_its_claim_when_its_record_arrives():
     waiting = L.robustness_verdicts({NONE: dict(zip(EPS_GRID, STANDARD))}, 1000, scale=SCALE)
     made = L.robustness_verdicts({NONE: dict(zip(EPS_GRID, STANDARD)),
@@ -516,10 +508,6 @@ def test_a_timing_run_records_from_iteration_zero():
     assert history[0]["time_attack"] + history[0]["time_update"] == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="process_step_seconds takes history[0] as the start of "
-                   "the timed steps, but the loop's first record is at iteration 0 (before "
-                   "the warm-up), so the warm-up step is counted: it returns (warmup + steps) "
-                   "steps' time divided by steps")
 def test_process_step_seconds_leaves_out_the_warm_up(monkeypatch):
     warm, per_step = 10.0, 1.0
 
