@@ -222,17 +222,20 @@ checkout of a commit:
 
 Its runs/ and data/records/ are that checkout's own (commit the new records there, or copy
 data/records/<name>/ back). A stopped or killed run resumes from its last epoch on the next
-`records run`; progress is logged to runs/record_queue.log ($FATLIB_RUNS_DIR)."""
+`records run` (a killed evaluation starts over); progress is logged to runs/record_queue.log
+($FATLIB_RUNS_DIR)."""
 
 
 def cmd_records(argv) -> int:
     """The record queue (data/record_queue.json): the book's longer runs, made in the background.
 
     status: one line per entry (done with its commit, in progress at epoch k of n, not started,
-    or waiting for native bf16) with an estimate of the hours it still needs on this machine,
-    and the total. run: trains the entries not done, in order, one epoch at a time, resuming
-    each from its last epoch checkpoint, stops before the budget runs out, and saves each
-    finished run as data/records/<name>.
+    waiting for native bf16, or, for an evaluation, waiting for its record) with an estimate of
+    the hours it still needs on this machine, and the total. run: trains the entries not done,
+    in order, one epoch at a time, resuming each from its last epoch checkpoint, stops before
+    the budget runs out, and saves each finished run as data/records/<name>; an evaluation
+    entry (AutoAttack on a made record) runs in one go, a killed one starts over, and writes
+    data/records/<record>/<attack>_<version>_<n>.json.
     """
     import inspect
 
@@ -246,11 +249,13 @@ def cmd_records(argv) -> int:
                         help="time a few steps here for entries nothing else estimates (slow)")
     run = sub.add_parser("run", help="make the missing records", epilog=RECORDS_EPILOG,
                          description="Train the queue's missing records, in order, one epoch at "
-                                     "a time (resuming), within --budget; save each as a record.",
+                                     "a time (resuming), within --budget; save each as a record; "
+                                     "run the evaluations of made records.",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--budget", type=float, metavar="MINUTES",
                      help="stop cleanly before this many minutes have passed (default: no limit)")
-    run.add_argument("--only", nargs="+", metavar="NAME", help="work only on these records")
+    run.add_argument("--only", nargs="+", metavar="NAME",
+                     help="work only on these entries (records or evaluations)")
     for p in (status, run):
         p.add_argument("--queue", metavar="FILE", help="the queue file (default data/record_queue.json)")
     args = parser.parse_args(argv)

@@ -13,12 +13,17 @@ show it without re-training (``data/records/<name>/``)::
 The record queue (``data/record_queue.json``, ``python -m fatlib records status|run``) lists
 the records the book needs that take long to make; ``run_queue`` trains the missing ones epoch
 by epoch (resumable), within a time budget, and saves each as a record from committed code.
+Its evaluation entries attack an existing record (AutoAttack on 1,000 test images) and write
+the result next to the record's files, which they leave as they are::
+
+    data/records/<name>/autoattack_standard_1000.json    (record_evaluation reads it)
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -34,7 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fatlib
-from fatlib import data, models
+from fatlib import data, evaluate, models
+from fatlib.devices import derived_seed, seeded
+from fatlib.threat import ThreatModel
 from fatlib.train import (CHECKPOINT, NonFiniteLoss, TrainConfig, load_checkpoint, load_model,
                           native_bf16_cpu, resolve_device, resolve_precision, train)
 
@@ -77,6 +84,11 @@ def _write_json(path: Path, obj) -> None:
 
 def _read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def _utc_date() -> str:
+    """Now, in UTC, to the second (ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _ensure_runs_dir() -> Path:
@@ -298,7 +310,7 @@ def save_record(run: Run, name: str, *, notes: str = "", root=None) -> Record:
     provenance = {
         "fatlib_version": fatlib.__version__, "git_commit": commit,
         "torch_version": torch.__version__, "machine": machine(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": _utc_date(),
         "wall_time_s": {"train": m.get("time_train_s"), "history_eval": m.get("time_eval_s"),
                         "final_eval": m.get("seconds")},
         "data_source": {"train": m.get("train_source"), "history": m.get("history_source"),
@@ -469,18 +481,42 @@ def verify_record(name: str, *, root=None, device: str = "cpu") -> Verification:
 
 # ----------------------------------------------------------------------------- the record queue
 #
-# data/record_queue.json: a JSON list, in priority order, of
+# data/record_queue.json: a JSON list, in priority order, of training entries
 #   {"name": record name, "config": TrainConfig dict | "recipe": data/configs/<name>.json stem,
-#    "notes": provenance notes, "needs": optional "native_bf16" (paper-scale runs)}.
+#    "notes": provenance notes, "needs": optional "native_bf16" (paper-scale runs)}
+# and evaluation entries, an attack on the first n test images of a record a training entry makes
+#   {"name": entry name, "evaluate": {"record": record name, "attack": "autoattack",
+#    "version": "standard" | "plus" | "rand", "n": test images}, "notes": provenance notes}.
 # `python -m fatlib records status` shows where each entry stands; `records run` makes the
 # missing records (run_queue). A run folder the queue trains holds queue.json (the commit that
 # started it); progress is logged to runs_dir()/record_queue.log.
+# An evaluation runs once its record is made (by the queue, with its entry's config, from a clean
+# commit) and writes data/records/<record>/<attack>_<version>_<n>.json (record_evaluation): the
+# accuracies in percent under clean, pgd (the record's final PGD-K-R again, with the same random
+# draws), autoattack and worst_case (clean & pgd & autoattack per image), n, the test images'
+# source, seconds, the reference's version, seed, flags and log, the record's run hash and commit,
+# and the commit, machine and date of the evaluation. The record's own files are not touched; the
+# file is written at the end (atomically): a killed evaluation leaves nothing and starts over.
 
 QUEUE_NEEDS = ("native_bf16",)
 QUEUE_MARK = "queue.json"
 QUEUE_LOG = "record_queue.log"
 CLEAN_COMMIT = re.compile(r"[0-9a-f]{40}")
 ROBUST_GUESS = 0.5  # cost model: share of test images a PGD restart after the first still attacks
+EVAL_ATTACKS = ("autoattack",)
+# cost model of AutoAttack, rough: image-gradients (forward-backward passes of one image) per image
+# classified correctly (APGD-CE, 100 iterations; 'plus': 5 restarts; 'rand': EOT over 20 draws) and
+# more per image still robust after it. 'standard': APGD-T and FAB-T, 9 targets x 100 iterations,
+# and Square's 5,000 queries; timed on 32 test images of rs16_wong2020_fgsm_zero_s0 (12 robust, one
+# thread, AMD EPYC) an APGD-T iteration cost 1.15 APGD-CE iterations, a FAB-T one 2.5, a Square
+# query 0.38: 5,200 per robust image ('plus' adds restarts and untargeted FAB, 'rand' APGD-DLR).
+AUTOATTACK_GRADS = {"standard": (100, 5000), "plus": (500, 12000), "rand": (2000, 2000)}
+EVAL_SCHEMA = {  # key of an entry's "evaluate": (valid value?, what it must be)
+    "record": (is_record_name, "a record name (letters, digits, '_', '-' or '.')"),
+    "attack": (lambda v: v in EVAL_ATTACKS, f"one of {EVAL_ATTACKS}"),
+    "version": (lambda v: v in evaluate.AUTOATTACK_VERSIONS, f"one of {evaluate.AUTOATTACK_VERSIONS}"),
+    "n": (lambda v: type(v) is int and v >= 1, "a whole number of test images, at least 1"),
+}
 
 
 def queue_file() -> Path:
@@ -498,25 +534,75 @@ class QueueEntry:
     needs: str | None = None
 
 
-def load_queue(path=None) -> list[QueueEntry]:
-    """The entries of a record queue file, in priority order, every config validated.
+@dataclass
+class EvalEntry:
+    """One evaluation of the queue: `attack` on the first n test images of the record `record`."""
+
+    name: str
+    record: str
+    config: TrainConfig | None = None  # the record's config, as its training entry asks
+    attack: str = "autoattack"
+    version: str = "standard"
+    n: int = 1000
+    notes: str = ""
+
+    @property
+    def file(self) -> str:
+        """The name of the file it writes in the record's folder."""
+        return evaluation_file(self.attack, self.version, self.n)
+
+
+def evaluation_file(attack: str, version: str, n: int) -> str:
+    """'<attack>_<version>_<n>.json': an evaluation's file in its record's folder."""
+    return f"{attack}_{version}_{n}.json"
+
+
+def queue_items(path=None) -> list[QueueEntry | EvalEntry]:
+    """Every entry of a record queue file, training and evaluation, in priority order, validated.
 
     Args:
         path: the queue JSON file (default queue_file()).
+    Returns:
+        QueueEntry and EvalEntry objects; an EvalEntry carries its record's config.
     Raises:
-        ValueError: not a list, an entry with unknown keys, with no or both of config/recipe,
-            with an invalid TrainConfig or record name, or a name used twice.
+        ValueError: not a list, an entry with unknown keys, with not exactly one of
+            config/recipe/evaluate, with an invalid TrainConfig, record name or evaluation, a
+            name used twice, an evaluation of a record no training entry makes, or two
+            evaluations that would write the same file.
     """
     path = Path(path or queue_file())
     items = _read_json(path)
     if not isinstance(items, list):
         raise ValueError(f"{path}: a record queue is a JSON list of entries, not {type(items).__name__}")
     entries = [_queue_entry(item, f"{path} entry {i}") for i, item in enumerate(items)]
-    names = [e.name for e in entries]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{path}: record names used twice: {twice}")
+    _no_repeats([e.name for e in entries], f"{path}: record names used twice")
+    training = {e.name: e.config for e in entries if isinstance(e, QueueEntry)}
+    evaluations = [e for e in entries if isinstance(e, EvalEntry)]
+    for e in evaluations:
+        if e.record not in training:
+            raise ValueError(f"{path} ({e.name}): evaluates record {e.record!r}, which no training "
+                             f"entry of the queue makes")
+        e.config = training[e.record]
+    _no_repeats([f"{e.record}/{e.file}" for e in evaluations], f"{path}: evaluations written twice")
     return entries
+
+
+def _no_repeats(values: list, message: str) -> None:
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{message}: {twice}")
+
+
+def load_queue(path=None) -> list[QueueEntry]:
+    """The training entries of a record queue file, in priority order (see queue_items, which
+    validates the whole file and also gives the evaluation entries).
+
+    Args:
+        path: the queue JSON file (default queue_file()).
+    Raises:
+        ValueError: as queue_items.
+    """
+    return [e for e in queue_items(path) if isinstance(e, QueueEntry)]
 
 
 def queue_entry(name: str, path=None) -> QueueEntry:
@@ -541,17 +627,19 @@ def record_with_config(name: str, config: TrainConfig) -> Record | None:
     return found if found.config == config else None
 
 
-def _queue_entry(item, where: str) -> QueueEntry:
-    """One queue item (a dict) as a QueueEntry, or a ValueError that names it."""
-    keys = {"name", "config", "recipe", "notes", "needs"}
+def _queue_entry(item, where: str) -> QueueEntry | EvalEntry:
+    """One queue item (a dict) as a QueueEntry or an EvalEntry, or a ValueError that names it."""
+    keys = {"name", "config", "recipe", "evaluate", "notes", "needs"}
     if not isinstance(item, dict) or "name" not in item or set(item) - keys:
-        raise ValueError(f"{where}: an entry is an object with 'name', 'config' or 'recipe', and "
-                         f"optional 'notes' and 'needs'; got {str(item)[:200]}")
+        raise ValueError(f"{where}: an entry is an object with 'name', one of 'config', 'recipe' or "
+                         f"'evaluate', and optional 'notes' and 'needs'; got {str(item)[:200]}")
     name = item["name"]
     if not is_record_name(name):
         raise ValueError(f"{where}: record name must be letters, digits, '_', '-' or '.'; got {name!r}")
-    if ("config" in item) == ("recipe" in item):
-        raise ValueError(f"{where} ({name}): give exactly one of 'config' and 'recipe'")
+    if sum(k in item for k in ("config", "recipe", "evaluate")) != 1:
+        raise ValueError(f"{where} ({name}): give exactly one of 'config', 'recipe' and 'evaluate'")
+    if "evaluate" in item:
+        return _evaluation_entry(item, f"{where} ({name})")
     if item.get("needs") not in (None, *QUEUE_NEEDS):
         raise ValueError(f"{where} ({name}): needs must be one of {QUEUE_NEEDS}; got {item['needs']!r}")
     try:
@@ -559,6 +647,21 @@ def _queue_entry(item, where: str) -> QueueEntry:
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where} ({name}): {e}") from None
     return QueueEntry(name, config, item.get("notes", ""), item.get("needs"))
+
+
+def _evaluation_entry(item: dict, where: str) -> EvalEntry:
+    """An evaluation item as an EvalEntry (its config is set by queue_items), or a ValueError."""
+    spec = item["evaluate"]
+    if not isinstance(spec, dict) or set(spec) != set(EVAL_SCHEMA):
+        raise ValueError(f"{where}: 'evaluate' is an object with exactly the keys "
+                         f"{list(EVAL_SCHEMA)}; got {str(spec)[:200]}")
+    for key, (valid, expected) in EVAL_SCHEMA.items():
+        if not valid(spec[key]):
+            raise ValueError(f"{where}: evaluate.{key} must be {expected}; got {spec[key]!r}")
+    if "needs" in item:
+        raise ValueError(f"{where}: 'needs' is for training entries, not evaluations")
+    return EvalEntry(item["name"], spec["record"], None, spec["attack"], spec["version"], spec["n"],
+                     item.get("notes", ""))
 
 
 def _record_state(entry: QueueEntry) -> tuple[str | None, str | None]:
@@ -643,6 +746,12 @@ def measure_costs(config: TrainConfig, steps: int = 2) -> dict:
 
     wall(1)  # warm-up: first data load, kernel selection
     step_s = max(wall(1 + steps) - wall(1), 0.0) / steps
+    return {"step_s": step_s, "image_grad_s": _image_grad_seconds(config)}
+
+
+def _image_grad_seconds(config: TrainConfig) -> float:
+    """Seconds per image of an fp32 forward-backward pass (eval mode, batches of 64) of a fresh
+    model of `config`, timed here over three passes after one untimed (see measure_costs)."""
     model = models.build(config.model, config.dataset, **config.model_kw).eval()
     images, labels = data.load(config.dataset, "test", n=64)
     x = data.to_float(images).requires_grad_(True)
@@ -650,7 +759,7 @@ def measure_costs(config: TrainConfig, steps: int = 2) -> dict:
     t0 = time.perf_counter()
     for _ in range(3):
         torch.autograd.grad(F.cross_entropy(model(x), labels), x)
-    return {"step_s": step_s, "image_grad_s": (time.perf_counter() - t0) / (3 * len(labels))}
+    return (time.perf_counter() - t0) / (3 * len(labels))
 
 
 def cost_model_seconds(config: TrainConfig, costs: dict, passes_done: int = 0) -> float:
@@ -700,15 +809,145 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
     return None, "unknown"
 
 
+# --- evaluation entries
+
+def _made_record(entry: EvalEntry) -> Record | None:
+    """The record an evaluation entry attacks, when the queue has made it: with the config its
+    training entry asks for (record_with_config), from a clean commit; else None."""
+    rec = record_with_config(entry.record, entry.config)
+    clean = rec is not None and CLEAN_COMMIT.fullmatch(rec.provenance.get("git_commit") or "")
+    return rec if clean else None
+
+
+def record_evaluation(record: str, attack: str = "autoattack", version: str = "standard",
+                      n: int = 1000, *, root=None) -> dict | None:
+    """The evaluation of a record that the queue wrote (<record>/<attack>_<version>_<n>.json).
+
+    For the pages: golgooni2021 Table 5 and the cost board read AutoAttack on record-scale
+    models from it (the file's fields: see the comment on the record queue in fatlib/runs.py).
+    Args:
+        record: the record's name; attack, version, n: as in the queue's evaluation entry.
+        root: records folder (default records_dir()).
+    Returns:
+        the dict (accuracy in percent per attack: clean, pgd, autoattack, worst_case), or None
+        when there is none, or it was made of an older record of that name (its run hash or
+        commit is not the record's now: a re-made record is evaluated again).
+    """
+    folder = Path(root or records_dir()) / record
+    path = folder / evaluation_file(attack, version, n)
+    if not path.exists() or not (folder / "provenance.json").exists():
+        return None
+    found, prov = _read_json(path), _read_json(folder / "provenance.json")
+    same = (found.get("record_run_hash"), found.get("record_commit")) == \
+        (prov.get("run_hash"), prov.get("git_commit"))
+    return found if same else None
+
+
+def _record_model(rec: Record) -> nn.Module:
+    """A record's final weights: its weights.pt, else the finished run folder of its config."""
+    return rec.model() if (rec.path / "weights.pt").exists() else load_run(run_path(rec.config)).model
+
+
+def _pgd_grads(config: TrainConfig, n: int, clean: float, robust: float) -> float:
+    """Image-gradients of clean + FGSM + PGD-K-R (early stop, the config's final settings) on n
+    images with shares `clean` and `robust` (0-1) classified correctly before and after it: K
+    steps for each image classified correctly, K more per further restart for each robust one."""
+    c = config
+    return n * (2 + c.final_pgd_steps * (clean + robust * (c.final_pgd_restarts - 1)))
+
+
+def evaluation_seconds(entry: EvalEntry, record: Record, *,
+                       measure: bool = False) -> tuple[float | None, str]:
+    """Seconds an evaluation entry needs on this machine (a rough model), and its basis.
+
+    Image-gradients: the PGD-K-R re-run (_pgd_grads) plus AutoAttack's AUTOATTACK_GRADS per
+    image classified correctly and per robust image, with the shares of the record's final
+    metrics (clean_acc, pgd_acc; 100% where missing). Seconds per image-gradient: with
+    measure, timed here (_image_grad_seconds, a few seconds); else the record's final
+    evaluation time (provenance) over its _pgd_grads, with its CPU named when not this one's.
+    Returns:
+        (seconds or None, a few words on the basis; 'unknown' without either timing).
+    """
+    m, cfg = record.metrics, entry.config
+    clean, robust = ((100.0 if m.get(k) is None else m[k]) / 100 for k in ("clean_acc", "pgd_acc"))
+    correct_grads, robust_grads = AUTOATTACK_GRADS[entry.version]
+    grads = _pgd_grads(cfg, entry.n, clean, robust) + entry.n * (clean * correct_grads +
+                                                                 robust * robust_grads)
+    final_s = (record.provenance.get("wall_time_s") or {}).get("final_eval")
+    if final_s and cfg.final_n_eval:
+        cpu = (record.provenance.get("machine") or {}).get("cpu")
+        other = "" if cpu == machine()["cpu"] else f" made on {cpu}"
+        per_grad = final_s / _pgd_grads(cfg, cfg.final_n_eval, clean, robust)
+        return grads * per_grad, f"rough AutoAttack cost model, record's final evaluation time{other}"
+    if measure:
+        return grads * _image_grad_seconds(cfg), "rough AutoAttack cost model, measured gradient cost"
+    return None, "unknown"
+
+
+def evaluate_record(entry: EvalEntry, commit: str, *,
+                    run_autoattack=evaluate.run_autoattack) -> dict:
+    """Run an evaluation entry on its record; write and return <record>/<attack>_<version>_<n>.json.
+
+    Implements: the reference AutoAttack (Croce & Hein 2020; PyPI pyautoattack, as golgooni2021
+    Table 5 uses it) at the record's threat model, and the record's final PGD-K-R again (its
+    config's final_pgd_*, the same random stream: on the same n images it repeats the record's
+    number), on the first n test images, in eval mode and fp32 on the config's device; the
+    worst case is clean & pgd & autoattack per image. The record's own files are untouched;
+    the file is written atomically at the end, so a killed evaluation simply starts over.
+    Args:
+        entry: an EvalEntry of the queue (queue_items) whose record is made.
+        commit: the clean commit the code runs from (committed_code()).
+        run_autoattack: evaluate.run_autoattack, or a stand-in with its signature and result
+            (tests).
+    Returns:
+        the dict written (see the comment on the record queue; record_evaluation reads it).
+    Raises:
+        ValueError: the record is not made yet. FileNotFoundError: it keeps no weights and its
+            run folder is gone, or the test images are not there.
+    """
+    rec = _made_record(entry)
+    if rec is None:
+        raise ValueError(f"{entry.name}: record {entry.record} is not made yet (records status)")
+    cfg, device = rec.config, resolve_device(rec.config.device)
+    model = _record_model(rec).to(device)
+    images, labels, source = data.load_with_source(cfg.dataset, "test", n=entry.n)
+    x, y, threat = data.to_float(images).to(device), labels.to(device), ThreatModel(cfg.norm, cfg.eps)
+    t0 = time.perf_counter()
+    with seeded(cfg.seed, "final"):  # the stream of fatlib.history.final_evaluation
+        correct = evaluate.evaluate(model, x, y, threat, attacks=("clean", "pgd"),
+                                    pgd_steps=cfg.final_pgd_steps,
+                                    pgd_restarts=cfg.final_pgd_restarts, pgd_alpha=cfg.final_pgd_alpha)
+    t1 = time.perf_counter()
+    aa = run_autoattack(model, x, y, threat, version=entry.version,
+                        seed=derived_seed(cfg.seed, entry.attack) % 2**31)
+    t2 = time.perf_counter()
+    correct.update(autoattack=aa.correct, worst_case=correct["clean"] & correct["pgd"] & aa.correct)
+    alpha = "eps/4" if cfg.final_pgd_alpha is None else f"{cfg.final_pgd_alpha:.4g}"
+    out = {"record": rec.name, "entry": entry.name, "attack": entry.attack, "version": entry.version,
+           "n": len(labels), "norm": cfg.norm, "eps": cfg.eps,
+           "accuracy": {k: evaluate.accuracy(v) for k, v in correct.items()},
+           "pgd": f"PGD-{cfg.final_pgd_steps}-{cfg.final_pgd_restarts} (alpha {alpha})",
+           "source": source, "seconds": {"clean_pgd": t1 - t0, "autoattack": t2 - t1},
+           "reference": {"package": "pyautoattack", "package_version":
+                         importlib.metadata.version("pyautoattack"), "seed": aa.seed,
+                         "flags": aa.flags, "log": aa.log},
+           "record_run_hash": rec.provenance.get("run_hash"),
+           "record_commit": rec.provenance.get("git_commit"), "git_commit": commit,
+           "fatlib_version": fatlib.__version__, "torch_version": torch.__version__,
+           "machine": machine(), "device": str(device), "date_utc": _utc_date(), "notes": entry.notes}
+    _write_json(rec.path / entry.file, out)
+    return out
+
+
 # --- status
 
 @dataclass
 class QueueStatus:
     """Where one queue entry stands, and an estimate of the time it still needs here."""
 
-    entry: QueueEntry
+    entry: QueueEntry | EvalEntry
     state: str                  # done | differs | trained | in progress | not started |
-                                # waiting for native bf16
+                                # waiting for native bf16 | waiting for <record> (evaluations)
     passes_done: int = 0
     commit: str | None = None   # done: the record's commit; else the commit that started the run
     seconds_left: float | None = None
@@ -730,16 +969,27 @@ class QueueStatus:
         return f"{self.entry.name:<46} {what:<42} {hours}{basis}"
 
 
-def entry_status(entry: QueueEntry, *, measure: bool = False) -> QueueStatus:
+def entry_status(entry: QueueEntry | EvalEntry, *, measure: bool = False) -> QueueStatus:
     """The QueueStatus of one entry: its record (done / differs), else its run folder's checkpoint
     (trained / in progress / not started; 'waiting for native bf16' where it cannot run here).
 
     A run folder that `records run` would start over (see _claim_run_folder) is estimated
     from the start.
+    An evaluation entry (EvalEntry) is 'waiting for <record>' until its record is made (see
+    _made_record), then 'not started' with evaluation_seconds, or 'done' (record_evaluation).
     Args:
-        entry: a QueueEntry (load_queue).
+        entry: a QueueEntry or an EvalEntry (queue_items).
         measure: time the config's steps here when nothing else gives an estimate (slow).
     """
+    if isinstance(entry, EvalEntry):
+        rec = _made_record(entry)
+        if rec is None:
+            return QueueStatus(entry, f"waiting for {entry.record}")
+        done = record_evaluation(entry.record, entry.attack, entry.version, entry.n)
+        if done:
+            return QueueStatus(entry, "done", commit=done["git_commit"], seconds_left=0.0)
+        seconds, basis = evaluation_seconds(entry, rec, measure=measure)
+        return QueueStatus(entry, "not started", 0, None, seconds, basis)
     rec_state, rec_info = _record_state(entry)
     if rec_state is not None:
         return QueueStatus(entry, rec_state, entry.config.passes, rec_info, 0.0)
@@ -760,20 +1010,24 @@ def entry_status(entry: QueueEntry, *, measure: bool = False) -> QueueStatus:
 
 def queue_status(path=None, *, measure: bool = False) -> list[QueueStatus]:
     """entry_status of every entry of a queue file (default queue_file()), in its order."""
-    return [entry_status(e, measure=measure) for e in load_queue(path)]
+    return [entry_status(e, measure=measure) for e in queue_items(path)]
 
 
 def format_status(statuses: list[QueueStatus]) -> str:
     """The status lines, numbered, and a total: entries left and their estimated hours here
-    (entries waiting for native bf16 are counted apart: they do not run on this machine)."""
+    (entries waiting for native bf16, which do not run on this machine, and evaluations waiting
+    for their record are counted apart)."""
     lines = [f"{i:>3} {s.line()}" for i, s in enumerate(statuses, 1)]
-    left = [s for s in statuses if s.state not in ("done", "differs", "waiting for native bf16")]
+    bf16 = sum(s.state == "waiting for native bf16" for s in statuses)
+    record = sum(s.state.startswith("waiting for") for s in statuses) - bf16
+    left = [s for s in statuses
+            if s.state not in ("done", "differs") and not s.state.startswith("waiting for")]
     known = [s.seconds_left for s in left if s.seconds_left is not None]
-    waiting = sum(s.state == "waiting for native bf16" for s in statuses)
     unknown = len(left) - len(known)
     lines.append(f"left: {len(left)} of {len(statuses)} entries, ~{sum(known) / 3600:.2f} h on this "
                  f"machine" + (f" (+ {unknown} not estimated: `records status --measure`)" if unknown
-                               else "") + (f"; {waiting} waiting for native bf16" if waiting else ""))
+                               else "") + (f"; {bf16} waiting for native bf16" if bf16 else "")
+                 + (f"; {record} evaluations waiting for their record" if record else ""))
     return "\n".join(lines)
 
 
@@ -804,9 +1058,17 @@ def _claim_run_folder(entry: QueueEntry, commit: str) -> Path:
              f"moved to {aside.name}, training starts over")
     if not (path / QUEUE_MARK).exists():
         _write_json(path / QUEUE_MARK, {"commit": commit, "record": entry.name,
-                                        "started_utc": datetime.datetime.now(
-                                            datetime.timezone.utc).isoformat(timespec="seconds")})
+                                        "started_utc": _utc_date()})
     return path
+
+
+def _does_not_fit(need: float | None, deadline: float | None) -> str | None:
+    """Why work expected to take `need` seconds would end after `deadline` (time.monotonic()),
+    or None when it fits; work with no estimate fits."""
+    if deadline is None or need is None or time.monotonic() + need <= deadline:
+        return None
+    return (f"it needs ~{need / 60:.1f} min, {max(deadline - time.monotonic(), 0) / 60:.1f} min of "
+            f"the budget are left")
 
 
 def _epoch_guess(entry: QueueEntry, state: dict) -> tuple[float | None, float]:
@@ -833,10 +1095,9 @@ def _train_epochs(entry: QueueEntry, path: Path, deadline: float | None) -> int:
     while not is_complete(path):
         done = state.get("passes_done", 0)
         need = None if epoch_s is None else epoch_s + final_s * (done + 1 >= cfg.passes)
-        if deadline is not None and need is not None and time.monotonic() + need > deadline:
-            _log(f"{entry.name}: stopping before epoch {done + 1} of {cfg.passes}: it needs "
-                 f"~{need / 60:.1f} min, {max(deadline - time.monotonic(), 0) / 60:.1f} min of the "
-                 f"budget are left")
+        why = _does_not_fit(need, deadline)
+        if why:
+            _log(f"{entry.name}: stopping before epoch {done + 1} of {cfg.passes}: {why}")
             break
         resuming = " (resuming)" if done and not trained else ""
         _log(f"{entry.name}: epoch {done + 1} of {cfg.passes}{resuming}")
@@ -853,8 +1114,41 @@ def _train_epochs(entry: QueueEntry, path: Path, deadline: float | None) -> int:
     return trained
 
 
-def _queue_one(entry: QueueEntry, commit: str, deadline: float | None) -> dict:
-    """Make one entry's record if it is missing and fits: {"name", "result", "epochs"}."""
+def _queue_evaluation(entry: EvalEntry, commit: str, deadline: float | None,
+                      run_autoattack) -> dict:
+    """Run one evaluation entry if its record is made, it is not done and it fits the budget
+    (evaluation_seconds, measured here when nothing else estimates it): {"name", "result", "epochs"}."""
+    out = {"name": entry.name, "epochs": 0}
+    status = entry_status(entry, measure=True)
+    if status.state == "done":
+        return {**out, "result": "done"}
+    if status.state != "not started":
+        _log(f"{entry.name}: skipped: {status.state} (made by the queue with its entry's config)")
+        return {**out, "result": f"skipped: {status.state}"}
+    what = f"{entry.attack} ({entry.version}) on {entry.n} test images of {entry.record}"
+    why = _does_not_fit(status.seconds_left, deadline)
+    if why:
+        _log(f"{entry.name}: stopping before {what}: {why}")
+        return {**out, "result": "stopped at budget"}
+    need = status.seconds_left
+    _log(f"{entry.name}: {what}" + ("" if need is None else f", ~{need / 60:.1f} min ({status.basis})"))
+    try:
+        result = evaluate_record(entry, commit, run_autoattack=run_autoattack)
+    except FileNotFoundError as e:
+        _log(f"{entry.name}: failed: {e}")
+        return {**out, "result": "failed: file not found"}
+    acc = result["accuracy"]
+    _log(f"{entry.name}: written to {entry.record}/{entry.file} in "
+         f"{sum(result['seconds'].values()):.1f} s (clean {acc['clean']:.1f}%, pgd {acc['pgd']:.1f}%, "
+         f"{entry.attack} {acc['autoattack']:.1f}%)")
+    return {**out, "result": "evaluated"}
+
+
+def _queue_one(entry: QueueEntry | EvalEntry, commit: str, deadline: float | None,
+               run_autoattack) -> dict:
+    """Make one entry's record or evaluation if missing and it fits: {"name", "result", "epochs"}."""
+    if isinstance(entry, EvalEntry):
+        return _queue_evaluation(entry, commit, deadline, run_autoattack)
     out = {"name": entry.name, "epochs": 0}
     rec_state, rec_info = _record_state(entry)
     if rec_state == "done":
@@ -880,28 +1174,32 @@ def _queue_one(entry: QueueEntry, commit: str, deadline: float | None) -> dict:
     return {**out, "result": "recorded"}
 
 
-def run_queue(path=None, *, budget_minutes: float | None = None, only=None) -> list[dict]:
+def run_queue(path=None, *, budget_minutes: float | None = None, only=None,
+              run_autoattack=evaluate.run_autoattack) -> list[dict]:
     """Make the missing records of a queue, in its order, stopping cleanly before a time budget.
 
     Each entry not done (see entry_status) is trained with load_or_train one epoch at a time
     (until_epoch), so an interrupted queue, even by kill -9, resumes from the last epoch
     checkpoint; when its run is complete it is saved with save_record(run, name, notes=notes).
     Entries that need native bf16 are skipped on a CPU without it (and without a GPU); entries
-    whose record holds another config are skipped. The queue stops at the first epoch that
-    would not end within the budget. Progress goes to stdout and runs_dir()/record_queue.log.
+    whose record holds another config are skipped. An evaluation entry runs when its record
+    is made (evaluate_record), in one go: a killed one starts over; one whose record is not
+    made is skipped. The queue stops at the first epoch or evaluation that would not end
+    within the budget. Progress goes to stdout and runs_dir()/record_queue.log.
     Args:
         path: the queue file (default queue_file()).
         budget_minutes: wall-clock budget of this call (None: no limit).
-        only: record names to work on (others are left alone), in the queue's order.
+        only: entry names to work on (others are left alone), in the queue's order.
+        run_autoattack: what evaluation entries run as AutoAttack (tests: a cheap stand-in).
     Returns:
-        one dict per entry looked at: name, result (done / recorded / stopped at budget /
-        skipped: ... / failed: ...), epochs (trained by this call).
+        one dict per entry looked at: name, result (done / recorded / evaluated / stopped at
+        budget / skipped: ... / failed: ...), epochs (trained by this call).
     Raises:
         RuntimeError: fatlib/ has uncommitted changes (committed_code), before anything runs.
         ValueError: a name in `only` is not in the queue.
     """
     commit = committed_code()
-    entries = load_queue(path)
+    entries = queue_items(path)
     unknown = sorted(set(only or ()) - {e.name for e in entries})
     if unknown:
         raise ValueError(f"not in the queue: {unknown}; its names: {[e.name for e in entries]}")
@@ -911,11 +1209,12 @@ def run_queue(path=None, *, budget_minutes: float | None = None, only=None) -> l
          + ("none" if budget_minutes is None else f"{budget_minutes:g} min"))
     results = []
     for entry in entries:
-        results.append(_queue_one(entry, commit, deadline))
+        results.append(_queue_one(entry, commit, deadline, run_autoattack))
         if results[-1]["result"] == "stopped at budget":
             break
-    made = sum(r["result"] == "recorded" for r in results)
-    _log(f"queue: {made} records made, {sum(r['epochs'] for r in results)} epochs trained; "
+    made, evaluated = (sum(r["result"] == k for r in results) for k in ("recorded", "evaluated"))
+    _log(f"queue: {made} records made, {evaluated} evaluations, "
+         f"{sum(r['epochs'] for r in results)} epochs trained; "
          + ("stopped at the budget" if results and results[-1]["result"] == "stopped at budget"
             else "went through the queue"))
     return results

@@ -1,6 +1,9 @@
 """Tests of the record queue: fatlib.runs.load_queue / queue_status / run_queue and
-``python -m fatlib records status|run`` (tiny MNIST cnn1 runs, seconds each)."""
+``python -m fatlib records status|run`` (tiny MNIST cnn1 runs, seconds each), and its
+evaluation entries (AutoAttack on a record: a cheap stand-in, and the reference on 8 images)."""
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -12,7 +15,7 @@ import time
 import pytest
 import torch
 
-from fatlib import models, runs
+from fatlib import evaluate, models, runs
 from fatlib.__main__ import main
 from fatlib.train import CHECKPOINT, TrainConfig, load_checkpoint
 
@@ -34,8 +37,9 @@ def tiny(**kw) -> TrainConfig:
 
 
 def write_queue(tmp_path, *entries) -> str:
-    """A queue file of (name, config[, needs]) entries."""
-    items = [{"name": e[0], "config": e[1].to_dict(), "notes": f"test {e[0]}",
+    """A queue file of (name, config[, needs]) entries and of items given as dicts."""
+    items = [e if isinstance(e, dict) else
+             {"name": e[0], "config": e[1].to_dict(), "notes": f"test {e[0]}",
               **({"needs": e[2]} if len(e) > 2 else {})} for e in entries]
     path = tmp_path / "queue.json"
     path.write_text(json.dumps(items))
@@ -194,19 +198,56 @@ def test_records_run_rejects_names_not_in_the_queue(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("item,message", [
-    ({"name": "x"}, "exactly one of 'config' and 'recipe'"),
+    ({"name": "x"}, "exactly one of 'config', 'recipe' and 'evaluate'"),
     ({"name": "x", "recipe": "wong2020_cifar10_fgsm_rs_15ep", "config": {}}, "exactly one"),
     ({"name": "x", "config": {}, "colour": 1}, "an entry is an object"),
     ({"name": "../x", "config": {}}, "record name"),
     ({"name": "x", "config": {"epochs": 0}}, "entry 0 \\(x\\)"),
     ({"name": "x", "config": {"learning_rate": 1}}, "unknown TrainConfig fields"),
     ({"name": "x", "config": {}, "needs": "gpu"}, "needs must be one of"),
+    ({"name": "x", "config": {}, "evaluate": {}}, "exactly one of"),
+    ({"name": "x", "evaluate": {"record": "a"}}, "'evaluate' is an object with exactly the keys"),
+    ({"name": "x", "evaluate": "a"}, "'evaluate' is an object"),
+    ({"name": "x", "evaluate": {"record": "../a", "attack": "autoattack", "version": "standard",
+                                "n": 8}}, "evaluate.record must be a record name"),
+    ({"name": "x", "evaluate": {"record": "a", "attack": "pgd", "version": "standard", "n": 8}},
+     "evaluate.attack must be one of \\('autoattack',\\)"),
+    ({"name": "x", "evaluate": {"record": "a", "attack": "autoattack", "version": "fast", "n": 8}},
+     "evaluate.version must be one of"),
+    ({"name": "x", "evaluate": {"record": "a", "attack": "autoattack", "version": "standard",
+                                "n": "1000"}}, "evaluate.n must be a whole number"),
+    ({"name": "x", "evaluate": {"record": "a", "attack": "autoattack", "version": "standard",
+                                "n": 0}}, "evaluate.n must be"),
+    ({"name": "x", "needs": "native_bf16", "evaluate": {"record": "a", "attack": "autoattack",
+                                                        "version": "standard", "n": 8}},
+     "'needs' is for training entries"),
 ])
 def test_load_queue_names_a_bad_entry(tmp_path, item, message):
     path = tmp_path / "queue.json"
     path.write_text(json.dumps([item]))
     with pytest.raises(ValueError, match=message):
         runs.load_queue(path)
+
+
+def evaluation(record: str, n: int = 8, version: str = "standard", name: str | None = None) -> dict:
+    """A queue item: AutoAttack on the first n test images of `record`."""
+    return {"name": name or f"{record}.autoattack", "notes": f"test evaluation of {record}",
+            "evaluate": {"record": record, "attack": "autoattack", "version": version, "n": n}}
+
+
+def test_load_queue_checks_what_an_evaluation_evaluates(tmp_path):
+    with pytest.raises(ValueError, match="evaluates record 'nope', which no training entry"):
+        runs.queue_items(write_queue(tmp_path, ("a", tiny()), evaluation("nope")))
+    with pytest.raises(ValueError, match="evaluations written twice: \\['a/autoattack_standard_8.json'\\]"):
+        runs.queue_items(write_queue(tmp_path, ("a", tiny()), evaluation("a"), evaluation("a", name="b")))
+    queue = write_queue(tmp_path, evaluation("a", n=1000, version="rand"), ("a", tiny()))
+    first, second = runs.queue_items(queue)  # an evaluation may come before its record
+    assert (first.name, first.record, first.attack, first.version, first.n) == \
+        ("a.autoattack", "a", "autoattack", "rand", 1000)
+    assert first.config == tiny() and first.file == "autoattack_rand_1000.json"
+    assert [e.name for e in runs.load_queue(queue)] == ["a"]  # the training entries, as before
+    with pytest.raises(ValueError, match="not in the record queue"):
+        runs.queue_entry("a.autoattack", queue)
 
 
 def test_load_queue_rejects_a_name_used_twice(tmp_path):
@@ -216,6 +257,7 @@ def test_load_queue_rejects_a_name_used_twice(tmp_path):
 
 def test_the_shipped_queue_is_valid_and_lists_every_record():
     entries = runs.load_queue()  # builds (and so validates) every entry's TrainConfig
+    assert len(runs.queue_items()) >= len(entries)  # and validates the evaluation entries
     assert runs.queue_file() == runs.REPO / "data" / "record_queue.json"
     assert all(isinstance(e.config, TrainConfig) for e in entries)
     by_name = {e.name: e for e in entries}
@@ -245,3 +287,114 @@ def test_the_shipped_queue_is_valid_and_lists_every_record():
         # PGD-50-10 on 1,000 test images; the l2 records use the l2fast paper's Fig. 2 attack, PGD-20-10
         final_pgd = (1000, 20, 10) if c.norm == "l2" else (1000, 50, 10)
         assert (c.final_n_eval, c.final_pgd_steps, c.final_pgd_restarts) == final_pgd, e.name
+
+
+# ----------------------------------------------------------------------------- evaluation entries
+
+EVALUATED = tiny(model_kw={"n_filters": 4}, n_train=256, epochs=2, optimizer="adam", lr_max=0.01,
+                 final_n_eval=8)  # 37.5% clean on its 8 final test images, one robust to PGD-50-10
+
+
+@pytest.fixture(scope="module")
+def made_record(tmp_path_factory) -> "os.PathLike":
+    """A records folder holding the record 'rec' of EVALUATED (trained once for the module)."""
+    root = tmp_path_factory.mktemp("made")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FATLIB_RUNS_DIR", str(root / "runs"))
+        mp.setattr(runs, "_git_commit", lambda: CLEAN)
+        runs.save_record(runs.load_or_train(EVALUATED), "rec", root=root / "records")
+    return root / "records"
+
+
+def copy_record(made_record) -> dict:
+    """Copy the record 'rec' into this test's records folder; the sha256 of each of its files."""
+    shutil.copytree(made_record / "rec", runs.records_dir() / "rec")
+    return file_hashes()
+
+
+def file_hashes() -> dict:
+    folder = runs.records_dir() / "rec"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def cheap_autoattack(model, x, y, threat, *, version, seed):
+    """A stand-in for evaluate.run_autoattack (its signature and result): FGSM from zero."""
+    delta = evaluate.make_attack("fgsm", threat)(model, x, y)
+    return evaluate.AutoAttackResult(delta, evaluate.predict_correct(model, x, y, delta),
+                                     ["cheap stand-in"], [], version, seed)
+
+
+def test_an_evaluation_waits_for_its_record_then_runs_once(tmp_path, made_record, capsys):
+    queue = write_queue(tmp_path, evaluation("rec"), ("rec", EVALUATED))
+    waiting = runs.entry_status(runs.queue_items(queue)[0])
+    assert waiting.state == "waiting for rec" and "waiting for rec" in waiting.line()
+    assert runs.format_status(runs.queue_status(queue)).endswith("1 evaluations waiting for their record")
+    skipped = runs.run_queue(queue, only=["rec.autoattack"], run_autoattack=cheap_autoattack)
+    assert skipped == [{"name": "rec.autoattack", "epochs": 0, "result": "skipped: waiting for rec"}]
+    assert runs.record_evaluation("rec", n=8) is None
+    before = copy_record(made_record)
+    ready = runs.entry_status(runs.queue_items(queue)[0])
+    assert ready.state == "not started" and ready.seconds_left > 0
+    assert ready.basis.startswith("rough AutoAttack cost model, record's final evaluation time")
+    results = runs.run_queue(queue, only=["rec.autoattack"], run_autoattack=cheap_autoattack)
+    assert [r["result"] for r in results] == ["evaluated"]
+    after = file_hashes()
+    assert after.pop("autoattack_standard_8.json") and after == before  # the record is untouched
+    found = runs.record_evaluation("rec", n=8)
+    assert found == json.loads((runs.records_dir() / "rec" / "autoattack_standard_8.json").read_text())
+    acc, rec = found["accuracy"], runs.load_record("rec")
+    assert set(acc) == {"clean", "pgd", "autoattack", "worst_case"}
+    assert acc["clean"] == rec.metrics["clean_acc"] and acc["pgd"] == rec.metrics["pgd_acc"]
+    assert acc["worst_case"] <= min(acc["clean"], acc["pgd"], acc["autoattack"])
+    assert (found["n"], found["attack"], found["version"], found["entry"]) == \
+        (8, "autoattack", "standard", "rec.autoattack")
+    assert found["source"] == rec.metrics["source"] and found["pgd"] == "PGD-50-10 (alpha eps/4)"
+    assert set(found["seconds"]) == {"clean_pgd", "autoattack"}
+    assert found["git_commit"] == CLEAN and found["machine"]["cpu"] == runs.machine()["cpu"]
+    assert found["reference"] == {"package": "pyautoattack", "seed": found["reference"]["seed"],
+                                  "package_version": importlib.metadata.version("pyautoattack"),
+                                  "flags": [], "log": ["cheap stand-in"]}
+    assert (found["record_run_hash"], found["record_commit"]) == (EVALUATED.hash(), CLEAN)
+    assert found["date_utc"].endswith("+00:00") and found["notes"] == "test evaluation of rec"
+    done = runs.entry_status(runs.queue_items(queue)[0])
+    assert done.state == "done" and f"done (commit {CLEAN[:10]})" in done.line()
+    again = runs.run_queue(queue, only=["rec.autoattack"], run_autoattack=cheap_autoattack)
+    assert [r["result"] for r in again] == ["done"]
+    capsys.readouterr()
+    assert main(["records", "status", "--queue", queue]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("left: 0 of 2 entries")
+    prov = runs.records_dir() / "rec" / "provenance.json"  # the record re-made at another commit
+    prov.write_text(json.dumps({**json.loads(prov.read_text()), "git_commit": "1" * 40}))
+    assert runs.record_evaluation("rec", n=8) is None
+    assert runs.entry_status(runs.queue_items(queue)[0]).state == "not started"
+
+
+def test_an_evaluation_fits_the_budget_or_waits_and_a_killed_one_starts_over(tmp_path, made_record):
+    queue = write_queue(tmp_path, ("rec", EVALUATED), evaluation("rec"))
+    before = copy_record(made_record)
+    stopped = runs.run_queue(queue, budget_minutes=1e-9, run_autoattack=cheap_autoattack)
+    assert [r["result"] for r in stopped] == ["done", "stopped at budget"]
+    assert "rec.autoattack: stopping before autoattack (standard) on 8 test images of rec" in \
+        (runs.runs_dir() / runs.QUEUE_LOG).read_text()
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt  # as a kill in the middle of AutoAttack
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.run_queue(queue, run_autoattack=killed)
+    assert file_hashes() == before  # nothing written: the next run starts over
+    assert [r["result"] for r in runs.run_queue(queue, run_autoattack=cheap_autoattack)] == \
+        ["done", "evaluated"]
+
+
+def test_records_run_evaluates_a_tiny_record_with_the_reference_autoattack(tmp_path, made_record):
+    queue = write_queue(tmp_path, ("rec", EVALUATED), evaluation("rec"))
+    before = copy_record(made_record)
+    assert main(["records", "run", "--queue", queue]) == 0  # the real pyautoattack, 8 images
+    found = runs.record_evaluation("rec", n=8)
+    acc, ref = found["accuracy"], found["reference"]
+    assert acc["autoattack"] <= acc["clean"] == runs.load_record("rec").metrics["clean_acc"] > 0
+    assert acc["worst_case"] <= min(acc["pgd"], acc["autoattack"]) and found["n"] == 8
+    assert "using standard version including apgd-ce, apgd-t, fab-t, square." in ref["log"]
+    assert isinstance(ref["flags"], list) and isinstance(ref["seed"], int)
+    assert {k: v for k, v in file_hashes().items() if k in before} == before
