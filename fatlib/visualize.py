@@ -178,11 +178,15 @@ def noise_like(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 # --- the shared PGD ---------------------------------------------------------------------------
 
 def _pgd(model: nn.Module, x0: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
-         *, eps: float, steps: int, step_size: float, maximize: bool) -> Visualization:
+         *, eps: float, steps: int, step_size: float, maximize: bool,
+         reached: torch.Tensor | None = None) -> Visualization:
     """l2 PGD from x0 (delta = 0) on a per-example objective; the last iterate is returned.
 
     Each step: delta <- project(delta +- step_size * g / ||g||_2), g the input gradient of the
     summed objective (ThreatModel('l2', eps).step and .project: the l2 ball, then [0, 1]).
+    reached: per-example values at or below which a minimised objective is at its optimum;
+    those examples do not move (a normalised step would turn the rounding noise of a zero
+    objective into a random walk of step_size per step).
     """
     threat = ThreatModel("l2", eps)
     delta = torch.zeros_like(x0)
@@ -198,6 +202,8 @@ def _pgd(model: nn.Module, x0: torch.Tensor, objective: Callable[[torch.Tensor],
             else:
                 grad = None
             grad = torch.zeros_like(x0) if grad is None else grad
+            if reached is not None:
+                grad = grad * (value.detach() > reached).to(grad.dtype).view(-1, *[1] * (grad.dim() - 1))
             delta = threat.project(threat.step(delta.detach(), grad if maximize else -grad,
                                                step_size), x0)
         images = (x0 + delta).clamp(0, 1).detach()
@@ -257,8 +263,9 @@ def interpolation(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor,
     by l2 PGD from x_a within ||x - x_a||_2 <= eps and [0, 1]. The paper prints
     "lambda f(x1) - (1 - lambda) f(x2)"; the minus sign is read as a misprint for "+" (the text
     says "the linearly interpolated points in representation space"), and (x1, x2) = (x_b, x_a)
-    here, so lambda = 0 is x_a's representation and lambda = 1 is x_b's. At lambda = 0 the
-    gradient at the start is 0 and the image stays x_a.
+    here, so lambda = 0 is x_a's representation and lambda = 1 is x_b's. An image whose
+    representation is within 1e-4 (relative) of its goal stops moving, so at lambda = 0 the
+    image stays x_a (its distance is rounding noise).
     Args:
         model: classifier whose last layer is an nn.Linear, on images in [0, 1].
         x_a: anchor (and start) images in [0, 1], [B, C, H, W].
@@ -297,7 +304,7 @@ def interpolation(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor,
         return torch.linalg.vector_norm(_forward(model, x)[0] - goal, dim=1)
 
     out = _pgd(model, start.contiguous(), distance, eps=eps, steps=steps, step_size=step_size,
-               maximize=False)
+               maximize=False, reached=1e-4 * goal.norm(dim=1))
     return Visualization(out.images.reshape(count, *x_a.shape),
                          out.objective.reshape(steps + 1, count, n), maximize=False)
 

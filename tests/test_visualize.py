@@ -140,6 +140,7 @@ def test_interpolation_moves_towards_the_interpolated_representation(tiny):
     r_a, r_b = representation(model, x_a), representation(model, x_b)
     assert float((representation(model, out.images[0]) - r_a).norm(dim=1).max()) <= 1e-4
     assert float(out.objective[:, 0].abs().max()) <= 1e-4
+    assert torch.equal(out.images[0], x_a)  # the image itself does not wander (no steps)
     # lambda > 0: closer to the goal than the start was; the start's distance is lambda * |.|.
     assert bool(out.improved()[1:].all())
     gap = (r_b - r_a).norm(dim=1)
