@@ -127,7 +127,9 @@ def test_record_scale_reads_queued_records_with_the_queues_config(monkeypatch):
     scale = sweeps.RecordScale()
     assert scale.names("fgsm", 8) == ["rs16_andriushchenko2020_fgsm_eps8_s0",
                                       "rs16_andriushchenko2020_fgsm_eps8_s1"]
-    assert scale.names("pgd2", 16) == ["rs16_andriushchenko2020_pgd2_eps16_s0"]
+    assert scale.names("pgd2", 16) == ["rs16_andriushchenko2020_pgd2_eps16_s0",
+                                       "rs16_andriushchenko2020_pgd2_eps16_s1"]
+    assert scale.names("pgd2", 4) == ["rs16_andriushchenko2020_pgd2_eps4_s0"]
     rule = lambda v: v.collapses("fgsm", 8)  # noqa: E731
     monkeypatch.setattr(sweeps.runs, "load_record", lambda name: (_ for _ in ()).throw(
         FileNotFoundError(name)))
