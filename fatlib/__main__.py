@@ -223,7 +223,11 @@ checkout of a commit:
 Its runs/ and data/records/ are that checkout's own (commit the new records there, or copy
 data/records/<name>/ back). A stopped or killed run resumes from its last epoch on the next
 `records run` (a killed evaluation starts over); progress is logged to runs/record_queue.log
-($FATLIB_RUNS_DIR)."""
+($FATLIB_RUNS_DIR).
+
+A run longer than the machine is lent for: `records park` copies the unfinished queue runs
+to data/queue_progress/ (commit them); on the next machine `records unpark` restores them and
+prints the checkout of their commit to resume them from."""
 
 
 def cmd_records(argv) -> int:
@@ -235,7 +239,8 @@ def cmd_records(argv) -> int:
     in order, one epoch at a time, resuming each from its last epoch checkpoint, stops before
     the budget runs out, and saves each finished run as data/records/<name>; an evaluation
     entry (AutoAttack on a made record) runs in one go, a killed one starts over, and writes
-    data/records/<record>/<attack>_<version>_<n>.json.
+    data/records/<record>/<attack>_<version>_<n>.json. park / unpark: carry unfinished runs
+    to the next machine through data/queue_progress/ (fatlib.queue_progress).
     """
     import inspect
 
@@ -243,7 +248,7 @@ def cmd_records(argv) -> int:
                                      description=inspect.cleandoc(cmd_records.__doc__),
                                      epilog=RECORDS_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True, metavar="status|run")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="status|run|park|unpark")
     status = sub.add_parser("status", help="where each entry stands, and the hours left")
     status.add_argument("--measure", action="store_true",
                         help="time a few steps here for entries nothing else estimates (slow)")
@@ -256,14 +261,28 @@ def cmd_records(argv) -> int:
                      help="stop cleanly before this many minutes have passed (default: no limit)")
     run.add_argument("--only", nargs="+", metavar="NAME",
                      help="work only on these entries (records or evaluations)")
-    for p in (status, run):
+    park = sub.add_parser("park", help="copy the unfinished queue runs to data/queue_progress/")
+    unpark = sub.add_parser("unpark", help="restore the runs of data/queue_progress/ into the run store")
+    for p in (status, run, park, unpark):
         p.add_argument("--queue", metavar="FILE", help="the queue file (default data/record_queue.json)")
     args = parser.parse_args(argv)
-    from fatlib import runs
+    from fatlib import queue_progress, runs
 
     try:
         if args.action == "status":
             print(runs.format_status(runs.queue_status(args.queue, measure=args.measure)))
+            for p in queue_progress.parked_runs():
+                print(f"parked in data/queue_progress: {p['record']} at epoch {p['passes_done']} of "
+                      f"{p['passes']} (commit {p['commit'][:10]}); `records unpark` restores it")
+            return 0
+        if args.action == "park":
+            print("\n".join(queue_progress.park(args.queue)) or "no unfinished queue run to park")
+            return 0
+        if args.action == "unpark":
+            said, commits = queue_progress.unpark(args.queue)
+            print("\n".join(said) or "nothing parked in data/queue_progress")
+            if commits:
+                print("resume them with:\n" + queue_progress.resume_hint(commits))
             return 0
         runs.committed_code()
     except (RuntimeError, ValueError, FileNotFoundError) as e:

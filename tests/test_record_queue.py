@@ -398,3 +398,66 @@ def test_records_run_evaluates_a_tiny_record_with_the_reference_autoattack(tmp_p
     assert "using standard version including apgd-ce, apgd-t, fab-t, square." in ref["log"]
     assert isinstance(ref["flags"], list) and isinstance(ref["seed"], int)
     assert {k: v for k, v in file_hashes().items() if k in before} == before
+
+
+# --- unfinished runs carried to the next machine (fatlib.queue_progress, records park|unpark)
+
+@pytest.fixture
+def parking(tmp_path, monkeypatch):
+    """data/queue_progress of the test: a folder of its own."""
+    from fatlib import queue_progress
+
+    monkeypatch.setattr(queue_progress, "progress_dir", lambda: tmp_path / "queue_progress")
+    return queue_progress
+
+
+def test_a_parked_run_resumes_on_a_new_machine_to_the_same_weights(tmp_path, monkeypatch,
+                                                                   parking, capsys):
+    cfg = tiny()
+    queue = write_queue(tmp_path, ("a", cfg), ("untouched", tiny(seed=1)))
+    runs.run_queue(queue, budget_minutes=1e-9, only=["a"])  # one epoch, then the machine goes
+    assert main(["records", "park", "--queue", queue]) == 0
+    assert "a: parked at epoch 1 of 3" in capsys.readouterr().out
+    progress = parking.parked_runs()
+    assert [(p["record"], p["passes_done"], p["commit"]) for p in progress] == [("a", 1, CLEAN)]
+    assert progress[0]["parks"][0]["machine"]["cores"] >= 1
+    monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "new_machine"))
+    assert runs.entry_status(runs.load_queue(queue)[0]).state == "not started"
+    assert main(["records", "unpark", "--queue", queue]) == 0
+    out = capsys.readouterr().out
+    assert "a: restored at epoch 1 of 3" in out and f"git worktree add ../fatlib-queue-{CLEAN[:7]}" in out
+    assert runs.entry_status(runs.load_queue(queue)[0]).passes_done == 1
+    assert runs.run_queue(queue, only=["a"]) == [{"name": "a", "epochs": 2, "result": "recorded"}]
+    whole = uninterrupted(cfg, tmp_path, monkeypatch)
+    rec = runs.load_record("a")
+    assert same_weights(rec.model(), whole.model)
+    assert without_times(rec.history) == without_times(whole.history)
+    assert parking.park(queue) == ["a: record made; parked run removed"]
+    assert parking.parked_runs() == []
+
+
+def test_unpark_leaves_a_further_run_and_a_stale_entry_alone(tmp_path, monkeypatch, parking):
+    cfg = tiny()
+    queue = write_queue(tmp_path, ("a", cfg))
+    runs.run_queue(queue, budget_minutes=1e-9)
+    parking.park(queue)
+    assert parking.park(queue) == ["a: already parked at epoch 1"]
+    runs.load_or_train(cfg, until_epoch=2)  # this machine went on after the park
+    said, commits = parking.unpark(queue)
+    assert "at epoch 2 already; left as it is" in said[0] and commits == {CLEAN: ["a"]}
+    assert runs.entry_status(runs.load_queue(queue)[0]).passes_done == 2
+    changed = write_queue(tmp_path, ("a", cfg.replace(lr_max=0.01)))
+    said, commits = parking.unpark(changed)
+    assert "stale" in said[0] and commits == {}
+
+
+def test_a_parked_run_from_another_commit_is_restarted_not_mixed(tmp_path, monkeypatch, parking):
+    cfg = tiny()
+    queue = write_queue(tmp_path, ("a", cfg))
+    runs.run_queue(queue, budget_minutes=1e-9)
+    parking.park(queue)
+    monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "new_machine"))
+    parking.unpark(queue)
+    monkeypatch.setattr(runs, "_git_commit", lambda: "1" * 40)  # the queue runs from a newer commit
+    assert runs.run_queue(queue)[0] == {"name": "a", "epochs": 3, "result": "recorded"}
+    assert runs.load_record("a").provenance["git_commit"] == "1" * 40
