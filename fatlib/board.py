@@ -20,7 +20,7 @@ from fatlib.claims import Claim
 
 EPS = (8, 16)        # eps of the board, in 1/255
 SEEDS = (0, 1)
-AUTOATTACK = dict(attack="autoattack", version="standard", n=1000)
+AUTOATTACK = runs.AUTOATTACK_1000
 
 
 @dataclass(frozen=True)

@@ -106,18 +106,21 @@ def queued(artifact: str, claim: str, *, paper: str, record: str, scale: str = "
 
     Args:
         artifact, claim, paper: as in ``fatlib.verdicts.not_run``.
-        record: the record's name in data/record_queue.json.
+        record: the name of an entry of data/record_queue.json: a record, or an evaluation
+            of one (runs.evaluation_entry).
         scale: the scale the record will have ('record scale: ...').
     Returns:
-        a NOT_RUN Verdict naming the record and the command that makes it.
+        a NOT_RUN Verdict naming the entry and the command that makes it.
     Raises:
         ValueError: `record` is not in the record queue.
     """
     from fatlib import runs
 
-    runs.queue_entry(record)  # a name the queue does not hold is an error
+    entry = {e.name: e for e in runs.queue_items()}.get(record) or runs.queue_entry(record)
+    what = (f"the {entry.attack} ({entry.version}) evaluation {record} of the record {entry.record}"
+            if isinstance(entry, runs.EvalEntry) else f"the record {record}")
     return verdicts.not_run(artifact, claim, paper=paper, scale=scale,
-                            need=f"the record {record}, queued in data/record_queue.json (made by "
+                            need=f"{what}, queued in data/record_queue.json (made by "
                                  f"`python -m fatlib records run --only {record}`)")
 
 

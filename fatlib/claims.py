@@ -25,13 +25,21 @@ def model_text(config: TrainConfig) -> str:
     return config.model
 
 
-def scale_text(kind: str, config: TrainConfig) -> str:
-    """A scale text of fatlib.verdicts: '<kind>: <model>, <images>, <epochs>, <final attack>'."""
+def scale_text(kind: str, config: TrainConfig, evaluation: dict | None = None) -> str:
+    """A scale text of fatlib.verdicts: '<kind>: <model>, <images>, <epochs>, <final attack>'
+    (the final attack: the config's PGD, or the queue evaluation `evaluation` (attack, version, n)."""
     images = config.n_train or {"cifar10": 50000, "mnist": 60000}.get(config.dataset, 0)
     epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
-    return (f"{kind}: {model_text(config)}, {images:,} training images, {epochs}, "
-            f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts} on "
-            f"{config.final_n_eval:,} test images")
+    attack = (f"PGD-{config.final_pgd_steps}-{config.final_pgd_restarts} on "
+              f"{config.final_n_eval:,} test images" if evaluation is None else
+              f"{_attack_name(evaluation)} on {evaluation['n']:,} test images")
+    return f"{kind}: {model_text(config)}, {images:,} training images, {epochs}, {attack}"
+
+
+def _attack_name(evaluation: dict) -> str:
+    """'AutoAttack (standard)' for {"attack": "autoattack", "version": "standard", ...}."""
+    name = {"autoattack": "AutoAttack"}.get(evaluation["attack"], evaluation["attack"])
+    return f"{name} ({evaluation['version']})"
 
 
 def record_scale(record: str) -> str:
@@ -57,7 +65,8 @@ class Claim:
         return tuple(dict.fromkeys([*self.collapse, *self.survive, *pairs]))
 
     def rule(self, pgd: dict, n: int) -> verdicts.RuleResult:
-        """all_of(collapses, survives, greater) on pgd = row -> per-seed PGD accuracies."""
+        """all_of(collapses, survives, greater) on pgd = row -> per-seed robust accuracies (PGD,
+        or the attack of check_records' evaluation)."""
         parts = [verdicts.collapses(pgd[r], n, name=r) for r in self.collapse]
         parts += [verdicts.survives(pgd[r], n, name=r) for r in self.survive]
         parts += [verdicts.greater(pgd[a], pgd[b], n, names=(a, b)) for a, b in self.above]
@@ -82,15 +91,19 @@ def check(artifact: str, claim: Claim, results: dict, *, paper: str, scale: str,
 
 
 def check_records(artifact: str, claim: Claim, records: dict, *, paper: str,
-                  reason: str) -> verdicts.Verdict:
+                  reason: str, evaluation: dict | None = None) -> verdicts.Verdict:
     """The verdict on a claim from the record-scale records of its rows.
 
     Args:
         artifact, claim, paper, reason: as in :func:`check`.
         records: row -> the names of its records in data/record_queue.json, one per seed.
+        evaluation: test the claim on the accuracy of a queue evaluation of the records
+            (dict attack, version, n, as fatlib.runs.record_evaluation takes; e.g. AutoAttack)
+            instead of their final PGD accuracy.
     Returns:
         :func:`check` on the records made so far (with their config), or a queued row
-        (fatlib.chapter.queued) while a row of the claim has none.
+        (fatlib.chapter.queued) while a row of the claim has none; with `evaluation`, on the
+        evaluations written so far, or the queued row of a row's first missing evaluation.
     """
     made = {r: [x for x in map(chapter.made_record, records[r]) if x] for r in claim.rows}
     missing = [records[r][0] for r in claim.rows if not made[r]]
@@ -98,5 +111,15 @@ def check_records(artifact: str, claim: Claim, records: dict, *, paper: str,
         return chapter.queued(artifact, claim.text, paper=paper, record=missing[0],
                               scale=record_scale(missing[0]))
     first = made[claim.rows[0]][0].config
-    return check(artifact, claim, made, paper=paper, scale=scale_text("record scale", first),
-                 reason=reason)
+    if evaluation is None:
+        return check(artifact, claim, made, paper=paper, scale=scale_text("record scale", first),
+                     reason=reason)
+    found = {r: [runs.record_evaluation(x.name, **evaluation) for x in made[r]] for r in claim.rows}
+    unevaluated = [made[r][0].name for r in claim.rows if not any(found[r])]
+    scale = scale_text("record scale", first, evaluation)
+    if unevaluated:
+        entry = runs.evaluation_entry(unevaluated[0], **evaluation)
+        return chapter.queued(artifact, claim.text, paper=paper, record=entry.name, scale=scale)
+    values = {r: [e["accuracy"][evaluation["attack"]] for e in found[r] if e] for r in claim.rows}
+    return verdicts.check(artifact, claim.text, claim.rule(values, evaluation["n"]), paper=paper,
+                          scale=scale, reason=reason)

@@ -571,7 +571,19 @@ def queue_items(path=None) -> list[QueueEntry | EvalEntry]:
             evaluations that would write the same file.
     """
     path = Path(path or queue_file())
-    items = _read_json(path)
+    text = path.read_text()
+    key = (str(path.resolve()), hashlib.sha256(text.encode()).hexdigest())
+    if key not in _QUEUE_READS:  # validating 170 entries takes ~0.5 s; the pages ask often
+        _QUEUE_READS.clear()
+        _QUEUE_READS[key] = _validated_queue(json.loads(text), path)
+    return list(_QUEUE_READS[key])
+
+
+_QUEUE_READS: dict = {}  # (path, sha256 of its text) -> its validated entries (queue_items)
+
+
+def _validated_queue(items, path: Path) -> list[QueueEntry | EvalEntry]:
+    """queue_items of a queue file's parsed JSON (its docstring gives the checks)."""
     if not isinstance(items, list):
         raise ValueError(f"{path}: a record queue is a JSON list of entries, not {type(items).__name__}")
     entries = [_queue_entry(item, f"{path} entry {i}") for i, item in enumerate(items)]
@@ -811,12 +823,32 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
 
 # --- evaluation entries
 
+def evaluation_entry(record: str, attack: str = "autoattack", version: str = "standard",
+                     n: int = 1000, path=None) -> EvalEntry:
+    """The evaluation entry of the queue that runs `attack` (`version`) on n test images of
+    `record` (the pages name it in a queued row while its file is not written).
+
+    Raises:
+        ValueError: the queue has no such evaluation.
+    """
+    found = [e for e in queue_items(path) if isinstance(e, EvalEntry)
+             and (e.record, e.attack, e.version, e.n) == (record, attack, version, n)]
+    if not found:
+        raise ValueError(f"the record queue ({path or queue_file()}) has no {attack} ({version}) "
+                         f"evaluation of {record!r} on {n} test images: add an entry with "
+                         f'"evaluate": {{"record": "{record}", "attack": "{attack}", ...}}')
+    return found[0]
+
+
 def _made_record(entry: EvalEntry) -> Record | None:
     """The record an evaluation entry attacks, when the queue has made it: with the config its
     training entry asks for (record_with_config), from a clean commit; else None."""
     rec = record_with_config(entry.record, entry.config)
     clean = rec is not None and CLEAN_COMMIT.fullmatch(rec.provenance.get("git_commit") or "")
     return rec if clean else None
+
+
+AUTOATTACK_1000 = dict(attack="autoattack", version="standard", n=1000)  # the book's AutoAttack
 
 
 def record_evaluation(record: str, attack: str = "autoattack", version: str = "standard",

@@ -47,6 +47,34 @@ def test_table1_claims_wait_for_records_then_check_them(tmp_path, monkeypatch):
     assert "47.55 ± 0.05%" in G.check_records(survive).paper
 
 
+def _fake_autoattack(root, name, autoattack):
+    """The queue's AutoAttack file of a fake record, tied to its (empty) provenance."""
+    (root / name / runs.evaluation_file(**runs.AUTOATTACK_1000)).write_text(json.dumps(
+        {"accuracy": {"clean": 70.0, "pgd": 40.0, "autoattack": autoattack, "worst_case": autoattack},
+         "record_run_hash": None, "record_commit": None}))
+
+
+def test_table5_waits_for_records_then_for_autoattack_then_checks_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path))
+    assert "needs the record rs16_golgooni2021_zerograd_eps8_s0," in G.table5_verdicts()[0].detail
+    for row in (G.ZEROGRAD, G.MULTIGRAD):
+        _fake_record(tmp_path, G.ROWS[row].records[0], 42.0)
+    waiting = G.table5_verdicts()[0]
+    assert waiting.verdict == verdicts.NOT_RUN
+    assert "rs16_golgooni2021_zerograd_eps8_s0.autoattack" in waiting.detail
+    _fake_autoattack(tmp_path, G.ROWS[G.ZEROGRAD].records[0], 38.0)
+    _fake_autoattack(tmp_path, G.ROWS[G.MULTIGRAD].records[0], 3.0)  # masked: falls to AutoAttack
+    table5, appendix, *others = G.table5_verdicts()
+    assert table5.verdict == appendix.verdict == verdicts.DIFFERS
+    assert "AutoAttack (standard) on 1,000 test images" in table5.scale
+    assert [v.verdict for v in others] == [verdicts.NOT_RUN] * 2
+    _fake_autoattack(tmp_path, G.ROWS[G.MULTIGRAD].records[0], 39.0)
+    assert G.table5_verdicts()[0].verdict == verdicts.REDUCED
+    rows = {r["method"]: r for r in G.table5_rows()}
+    assert rows[G.ZEROGRAD]["ours: AutoAttack"] == "38.0%" and rows[G.ZEROGRAD]["paper: AutoAttack"] == "43.48%"
+    assert rows[G.FGSM_RS]["evaluated"] == "0 of 2 records"
+
+
 def _history(pgd, update):
     return [{"epoch": float(e), "pgd_acc": p, "probe_delta_mse": u,
              "weight_update_mse": None if u is None else {"conv1.weight": u, "block.conv.weight": u,
