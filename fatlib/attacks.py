@@ -353,13 +353,28 @@ def _ce_of_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[ok], y[ok], reduction="sum")
 
 
-def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_stop, final):
+PGD_PRECISIONS = ("fp32", "bf16")
+
+
+def _gradient_precision(precision: str, device: torch.device):
+    """The context of PGD's gradient steps: nothing for fp32, bf16 autocast for 'bf16'."""
+    if precision not in PGD_PRECISIONS:
+        raise ValueError(f"PGD precision must be one of {PGD_PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_stop, final,
+                 precision="fp32"):
     """One PGD run from ``delta`` on every row of x.
 
     With early_stop, a row misclassified at its current delta is frozen there and
     dropped from later forwards (the model only sees the rows still moving).
     Returns (delta, wrong, loss); wrong/loss are scored at the final delta if ``final``
     (else None). Rows frozen early have wrong=True and loss=+inf (wrong takes precedence).
+    With precision 'bf16' the steps' gradients (and the freezing) come from bf16 autocast,
+    and every row's final delta is scored again in fp32.
     """
     n = x.shape[0]
     wrong = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -368,8 +383,9 @@ def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_sto
     for _ in range(steps):
         whole = rows.numel() == n
         xr, yr, dr = (x, y, delta) if whole else (x[rows], y[rows], delta[rows])
-        grad, logits = input_gradient(model, xr, yr, dr,
-                                      loss_fn=_ce_of_correct if early_stop else None)
+        with _gradient_precision(precision, x.device):
+            grad, logits = input_gradient(model, xr, yr, dr,
+                                          loss_fn=_ce_of_correct if early_stop else None)
         moved = threat.project(threat.step(dr, grad, alpha), xr)
         if early_stop:
             keep = logits.argmax(1) == yr
@@ -381,7 +397,8 @@ def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_sto
             break
     if corners:  # only the attack's result goes to the corners (andriushchenko2020 §3)
         delta = _to_corners(delta, x, threat)
-        rows = torch.arange(n, device=x.device)  # every row moved: score them all again
+    if corners or precision != "fp32":  # every row moved, or was frozen by bf16 logits:
+        rows = torch.arange(n, device=x.device)  # score them all again, in fp32
         wrong.zero_()
     if not final:
         return delta, None, None
@@ -397,7 +414,7 @@ def _pgd_restart(model, x, y, threat, delta, *, alpha, steps, corners, early_sto
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
         alpha: float, steps: int, restarts: int = 1, random_start: bool = True,
-        corners: bool = False, early_stop: bool = True) -> torch.Tensor:
+        corners: bool = False, early_stop: bool = True, precision: str = "fp32") -> torch.Tensor:
     """Projected gradient ascent with restarts; the per-example worst case is returned.
 
     Implements: wong2020 Alg. 1 (PGD-K with random start, R restarts, evaluation as in
@@ -425,16 +442,23 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         corners: project each restart's final perturbation to the corners {-eps, eps}^d
             (l-inf only).
         early_stop: see above.
+        precision: 'fp32', or 'bf16': the gradient steps under bf16 autocast (issue 17's
+            low-precision evaluation, for CPUs that compute bf16 natively and GPUs), every
+            restart's final perturbations scored in fp32, so the worst case over restarts is
+            an fp32 judgement (attack_correct scores the returned delta in fp32 again). A
+            weaker attack than fp32 where bf16 gradients mislead; bench.low_precision_pgd
+            measures how much.
     Returns:
         delta, [B, C, H, W], with ||delta|| <= eps and x + delta in [0, 1].
     """
     return pgd_search(model, x, y, threat, alpha=alpha, steps=steps, restarts=restarts,
-                      random_start=random_start, corners=corners, early_stop=early_stop)[0]
+                      random_start=random_start, corners=corners, early_stop=early_stop,
+                      precision=precision)[0]
 
 
 def pgd_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                alpha: float, steps: int, restarts: int = 1, random_start: bool = True,
-               corners: bool = False, early_stop: bool = True):
+               corners: bool = False, early_stop: bool = True, precision: str = "fp32"):
     """``pgd`` that also reports which examples it found misclassified.
 
     Args: as in ``pgd``.
@@ -444,6 +468,7 @@ def pgd_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         iterate is then never scored, which saves one forward pass).
     """
     alpha = _check_alpha(alpha, threat.eps)
+    _gradient_precision(precision, x.device)  # an unknown precision fails before any work
     if int(steps) != steps or steps < 1 or int(restarts) != restarts or restarts < 1:
         raise ValueError(f"PGD needs integer steps >= 1 and restarts >= 1, "
                          f"got steps={steps}, restarts={restarts}")
@@ -463,7 +488,8 @@ def pgd_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
             xr, yr, ir = (x, y, init) if rows is None else (x[rows], y[rows], init[rows])
             delta, wrong, loss = _pgd_restart(model, xr, yr, threat, ir, alpha=alpha,
                                               steps=int(steps), corners=corners,
-                                              early_stop=early_stop, final=score)
+                                              early_stop=early_stop, final=score,
+                                              precision=precision)
             if not score:
                 best = delta
                 break

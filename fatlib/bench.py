@@ -520,6 +520,100 @@ def pgd_cost(*, model: str = "preact_resnet18", width: int = 16, n: int = 20, st
             "rounds": rounds, "plain_s": t.median["plain"], "fractions": rows}
 
 
+LOW_PRECISION_GAP = 0.3       # points: bf16-step PGD accuracy within this of fp32 PGD's (issue 17)
+LOW_PRECISION_SPEEDUP = 1.8   # ... and at least this much faster, on every model
+LOW_PRECISION_MODELS = 3
+LOW_PRECISION_N = 1000
+LOW_PRECISION_RECORDS = ("scale_preact18_w16_fgsm_rs_8", "rs16_wong2020_fgsm_zero_s0",
+                         "rs16_wong2020_fgsmrs_a16_s0")  # three trained width-16 models
+
+
+def low_precision_pgd(models: dict, x: torch.Tensor, y: torch.Tensor, *, eps: float = EPS,
+                      steps: int = 50, restarts: int = 10, rounds: int = 1,
+                      batch_size: int = 256, seed: int = 0) -> dict:
+    """Early-exit PGD-K-R with bf16 gradient steps against the fp32 attack, on trained models.
+
+    Implements issue 17's acceptance rule for ``attacks.pgd(precision="bf16")`` (gradient
+    steps under bf16 autocast, every candidate scored in fp32): accepted when, on at least
+    :data:`LOW_PRECISION_MODELS` models and :data:`LOW_PRECISION_N` test images, every
+    model's bf16 accuracy is within :data:`LOW_PRECISION_GAP` points of its fp32 accuracy
+    and the fp32 attack takes at least :data:`LOW_PRECISION_SPEEDUP` times as long. Both
+    attacks start from the same random draws (seed); each model's two attacks are timed in
+    the same rounds (:func:`timing`).
+    Args:
+        models: name -> classifier (its mode is restored).
+        x, y: test images (uint8 or float in [0, 1]) and labels.
+        eps: l-inf radius (alpha eps / 4); steps, restarts: K and R.
+        rounds: timed rounds per model; batch_size: images per attack call.
+    Returns:
+        {"n", "steps", "restarts", "rows": [{"model", "fp32_acc", "bf16_acc", "gap",
+        "fp32_s", "bf16_s", "speedup", "trusted", "why"}], "accepted" (None when too few
+        models or images to judge), "why"}.
+    """
+    import functools
+
+    from fatlib import attacks, evaluate
+    from fatlib.threat import ThreatModel
+
+    threat = ThreatModel("linf", eps)
+    rows = []
+    for name, model in models.items():
+        correct = {}
+
+        def run(precision):
+            attack = functools.partial(attacks.pgd, threat=threat, alpha=eps / 4, steps=steps,
+                                       restarts=restarts, early_stop=True, precision=precision)
+
+            def go():
+                torch.manual_seed(seed)
+                correct[precision] = evaluate.attack_correct(model, x, y, attack,
+                                                             batch_size=batch_size)
+            return go
+
+        t = timing({p: run(p) for p in attacks.PGD_PRECISIONS}, baseline="bf16", warmup=0,
+                   rounds=rounds)
+        acc = {p: evaluate.accuracy(c) for p, c in correct.items()}
+        r = t.ratio_stats("fp32", "bf16")
+        rows.append({"model": name, "fp32_acc": acc["fp32"], "bf16_acc": acc["bf16"],
+                     "gap": acc["bf16"] - acc["fp32"], "fp32_s": t.median["fp32"],
+                     "bf16_s": t.median["bf16"], "speedup": r["ratio"], "trusted": r["trusted"],
+                     "why": r["why"]})
+    too_few = [f"{len(rows)} models (the rule asks for {LOW_PRECISION_MODELS})"
+               if len(rows) < LOW_PRECISION_MODELS else "",
+               f"{x.shape[0]:,} images (the rule asks for {LOW_PRECISION_N:,})"
+               if x.shape[0] < LOW_PRECISION_N else ""]
+    why = "; ".join(w for w in too_few if w) or None
+    passed = rows and all(abs(r["gap"]) <= LOW_PRECISION_GAP and r["speedup"] >= LOW_PRECISION_SPEEDUP
+                          for r in rows)
+    return {"n": int(x.shape[0]), "steps": steps, "restarts": restarts, "rows": rows,
+            "accepted": None if why else bool(passed), "why": why}
+
+
+def low_precision_pgd_of_records(records=LOW_PRECISION_RECORDS, *, n: int = LOW_PRECISION_N,
+                                 **kw) -> dict:
+    """:func:`low_precision_pgd` on records' models and the first n CIFAR-10 test images."""
+    from fatlib import data, runs
+
+    x, y = data.load("cifar10", "test", n=n)
+    return low_precision_pgd({r: runs.load_record(r).model() for r in records}, x, y, **kw)
+
+
+def _low_precision_targets(lp: dict) -> list:
+    """The two bounds of the low-precision rule as targets: the largest gap, the least speed-up."""
+    rows = lp["rows"]
+    if not rows:
+        return []
+    source = (f"issue 17: bf16-step PGD within {LOW_PRECISION_GAP:g} points of fp32 PGD and "
+              f"{LOW_PRECISION_SPEEDUP:g}x faster on {LOW_PRECISION_MODELS} trained models")
+    return [_target(f"PGD-{lp['steps']}-{lp['restarts']} |bf16 - fp32| accuracy, points (largest "
+                    f"of {len(rows)} models, {lp['n']:,} images)", max(abs(r["gap"]) for r in rows),
+                    "<=", LOW_PRECISION_GAP, source, trusted=lp["why"] is None, why=lp["why"]),
+            _target(f"PGD-{lp['steps']}-{lp['restarts']} fp32 / bf16 time (least of {len(rows)} "
+                    f"models)", min(r["speedup"] for r in rows), ">=", LOW_PRECISION_SPEEDUP,
+                    source, trusted=all(r["trusted"] for r in rows),
+                    why="; ".join(r["why"] for r in rows if r["why"]) or None)]
+
+
 # --------------------------------------------------------------------------- the report
 
 def _target(name: str, value: float | None, op: str, limit: float, source: str, *,
@@ -619,7 +713,8 @@ def _threads(n: int | None):
 def measure(*, methods=tuple(METHODS), precisions=None, model: str = "preact_resnet18",
             width: int = 16, batch: int = 128, warmup: int = 1, rounds: int = 3,
             layout_methods=LAYOUT_METHODS, pgd: dict | None = None, threads: int | None = None,
-            device: str = "cpu", seed: int = 0, out: Callable | None = None) -> dict:
+            device: str = "cpu", seed: int = 0, out: Callable | None = None,
+            low_precision: dict | None = None) -> dict:
     """Time one training step of each method (and PGD evaluation) and check the targets.
 
     Every (method, precision, layout) step is one configuration of a single :func:`timing`
@@ -633,6 +728,8 @@ def measure(*, methods=tuple(METHODS), precisions=None, model: str = "preact_res
         layout_methods: methods also timed in the layout fatlib does not pick.
         pgd: keyword arguments of :func:`pgd_cost` (model and width default to these), or
             None to leave the evaluation out.
+        low_precision: keyword arguments of :func:`low_precision_pgd_of_records` (bf16-step
+            PGD on trained records), or None to leave it out.
         threads: torch threads (None: :func:`free_threads`); restored afterwards.
         device: 'cpu' or 'cuda'.
         out: print-like function for progress lines, or None.
@@ -669,8 +766,15 @@ def measure(*, methods=tuple(METHODS), precisions=None, model: str = "preact_res
         if pgd is not None:
             say("timing PGD evaluation")
             pgd_report = pgd_cost(**{"model": model, "width": width, "seed": seed, **pgd})
+        lp_report = None
+        if low_precision is not None:
+            say("timing PGD with bf16 gradient steps on trained records")
+            lp_report = low_precision_pgd_of_records(**low_precision)
+            if "bf16" not in here:
+                notes.append("bf16-step PGD timed on a CPU without native bf16 (emulated)")
     targets = _step_targets(t, train_precision, features["bf16"], width, device)
     targets += _pgd_targets(pgd_report) if pgd_report else []
+    targets += _low_precision_targets(lp_report) if lp_report else []
     return {"format": FORMAT, "machine": {**runs.machine(), **features}, "torch": torch.__version__,
             "threads": n_threads, "device": device, "load_average": _load(),
             "settings": {"model": model, "width": width, "batch": batch, "warmup": warmup,
@@ -679,7 +783,8 @@ def measure(*, methods=tuple(METHODS), precisions=None, model: str = "preact_res
                          "max_spread": t.max_spread, "min_rounds": t.min_rounds},
             "notes": notes,
             "steps": _method_rows(t, methods, precisions), "layouts": _layout_rows(t, precisions),
-            "pgd": pgd_report, "targets": targets, "seconds": {"steps": step_s}}
+            "pgd": pgd_report, "low_precision_pgd": lp_report, "targets": targets,
+            "seconds": {"steps": step_s}}
 
 
 def _load() -> list | None:
@@ -766,7 +871,11 @@ def _parse(argv):
                    help="smoke size: width 4, batch 8, 1 warm-up + 2 rounds, PGD-3-2 on 8 images")
     p.add_argument("--paper", action="store_true",
                    help="the paper's width 64 and 5 rounds (long on a CPU: ~minutes a round)")
-    p.add_argument("--parts", nargs="+", choices=("steps", "pgd"), default=["steps", "pgd"])
+    p.add_argument("--parts", nargs="+", choices=("steps", "pgd", "lowp"), default=["steps", "pgd"],
+                   help="lowp (not by default): PGD-50-10 with bf16 gradient steps against fp32 "
+                        "on three trained records (--lowp-n test images; long without native bf16)")
+    p.add_argument("--lowp-n", type=int, default=LOW_PRECISION_N,
+                   help=f"test images of the lowp part (the rule judges {LOW_PRECISION_N:,})")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(METHODS))
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="default: fp32, and bf16 where native (or CUDA)")
@@ -823,6 +932,14 @@ def report_text(report: dict) -> str:
                      f"{g['plain_s']:.2f} s; robust fraction -> early exit / plain")
         lines += [f"  {r['fraction']:5.2f} (measured {r['measured']:.2f}): {r['ratio']:.2f}"
                   f"{'' if r['trusted'] else '*'}" for r in g["fractions"]]
+    if report.get("low_precision_pgd"):
+        lp = report["low_precision_pgd"]
+        accepted = {None: "not judged", True: "yes", False: "no"}[lp["accepted"]]
+        lines.append(f"\nPGD-{lp['steps']}-{lp['restarts']} on {lp['n']} test images, bf16 gradient "
+                     f"steps (scored in fp32) against fp32: accepted {accepted}"
+                     + (f" ({lp['why']})" if lp["why"] else ""))
+        lines += [f"  {r['model']}: fp32 {r['fp32_acc']:.1f}%, bf16 {r['bf16_acc']:.1f}% "
+                  f"({r['gap']:+.1f}), fp32 / bf16 time {r['speedup']:.2f}" for r in lp["rows"]]
     lines.append("\ntargets:")
     for tg in report["targets"]:
         verdict = "n/a " if tg["pass"] is None else "PASS" if tg["pass"] else "FAIL"
@@ -844,6 +961,8 @@ def main(argv=None) -> int:
                      batch=a.batch_size, warmup=a.warmup, rounds=a.rounds,
                      layout_methods=tuple(METHODS) if a.all_layouts else LAYOUT_METHODS,
                      pgd=pgd, threads=a.threads, device=a.device, seed=a.seed,
+                     low_precision=(dict(n=a.lowp_n, steps=a.pgd_steps, restarts=a.pgd_restarts)
+                                    if "lowp" in a.parts else None),
                      out=lambda line: print(line, file=text_out, flush=True))
     print(report_text(report), file=text_out)
     if a.json == "-":

@@ -258,3 +258,22 @@ def test_table_rows_cover_every_config_and_target(report):
     targets = bench.target_rows(report)
     assert [t["ratio"] for t in targets] == [t["name"] for t in report["targets"]]
     assert {t["meets it"] for t in targets} <= {"yes", "no", "not measured"}
+
+
+def test_low_precision_pgd_reports_both_attacks_and_judges_only_enough_evidence():
+    from helpers import TinyConvNet
+
+    torch.manual_seed(0)
+    nets = {f"net{i}": TinyConvNet(in_channels=3, width=4).eval() for i in range(2)}
+    x = torch.rand(12, 3, 12, 12)
+    y = torch.randint(0, 10, (12,))
+    lp = bench.low_precision_pgd(nets, x, y, steps=2, restarts=2, rounds=1)
+    assert [r["model"] for r in lp["rows"]] == ["net0", "net1"]
+    for r in lp["rows"]:
+        assert 0 <= r["fp32_acc"] <= 100 and 0 <= r["bf16_acc"] <= 100
+        assert r["gap"] == pytest.approx(r["bf16_acc"] - r["fp32_acc"])
+        assert r["speedup"] == pytest.approx(r["fp32_s"] / r["bf16_s"], rel=1e-6)
+    assert lp["accepted"] is None and "2 models" in lp["why"] and "12 images" in lp["why"]
+    gap, speed = bench._low_precision_targets(lp)
+    assert gap["limit"] == bench.LOW_PRECISION_GAP and speed["op"] == ">="
+    assert gap["trusted"] is False

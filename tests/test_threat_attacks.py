@@ -386,6 +386,27 @@ def test_pgd_with_one_restart_skips_the_scoring_forward():
     assert model.calls == 7
 
 
+def test_bf16_step_pgd_stays_valid_scores_in_fp32_and_is_about_as_strong(mnist_model):
+    model, x, y = mnist_model
+    model.eval()
+    before = model_state(model)
+    threat = ThreatModel("linf", 0.1)
+    kw = dict(alpha=0.025, steps=10, restarts=3)
+    torch.manual_seed(0)
+    fp32, broken32 = attacks.pgd_search(model, x, y, threat, **kw)
+    torch.manual_seed(0)
+    bf16, broken16 = attacks.pgd_search(model, x, y, threat, precision="bf16", **kw)
+    assert_valid(bf16, x, threat)
+    assert bf16.dtype == torch.float32
+    assert_same_state(before, model_state(model))
+    with torch.no_grad():  # what the attack reports broken is what fp32 sees
+        assert torch.equal(broken16, model(x + bf16).argmax(1) != y)
+    assert not torch.equal(bf16, fp32)  # the steps did run in bf16
+    assert abs(int(broken16.sum()) - int(broken32.sum())) <= 0.1 * len(y)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        attacks.pgd(model, x, y, threat, precision="fp16", **kw)
+
+
 # --- GradAlign and metrics --------------------------------------------------------------------
 
 def test_grad_align_is_a_differentiable_penalty_that_leaves_the_model_unchanged(mnist_model):
