@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from papermill.translators import PythonTranslator
 
 from fatlib import book
 
@@ -64,6 +65,11 @@ def test_parameters_pattern(path):
     assert "run_card(" in rest, "every chapter shows a run card"
     params = book.notebook_parameters(path)
     assert "profile" in params
+    # papermill's own reader (`papermill --help-notebook`, its type inference) sees them all
+    seen = {p.name for p in PythonTranslator.inspect({"source": "".join(first["source"])})}
+    assert seen == set(params), (f"papermill cannot read the parameter line(s) of "
+                                 f"{sorted(set(params) - seen)}: keep quotes and '=' out of "
+                                 "their comments")
     # set-up code may fold behind the hide-input toggle (one click away); nothing is removed
     # from the page and no output is hidden
     hidden = sorted({t for c in cells for t in c["metadata"].get("tags", [])
