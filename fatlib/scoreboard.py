@@ -40,7 +40,7 @@ FIELDS = ("paper", "artifact", "kind", "title", "chapter")
 NOT_IN_BOOK = "not in the book yet"
 NO_VERDICT = "no verdict from its chapter yet"
 STATUSES = verdicts.VERDICTS + (NO_VERDICT, NOT_IN_BOOK)
-COLUMNS = ("paper", "artifact", "chapter", "scale", "paper vs ours", "verdict")
+COLUMNS = ("artifact", "chapter", "scale", "paper vs ours", "verdict")  # artifact names the paper
 _COLOURS = {**plots.VERDICT_COLOURS, NO_VERDICT: "#f6f6f6", NOT_IN_BOOK: "#ffffff"}
 _CHAPTER_RE = re.compile(r"^book/[A-Za-z0-9_][A-Za-z0-9_/-]*$")
 
@@ -216,7 +216,7 @@ class BoardTable:
     def _cell(self, row: dict, column: str) -> str:
         text = html.escape(str(row.get(column, "")))
         if column == "chapter" and row.get(column):
-            return f'<a href="{html.escape(row[column])}.html">{text}</a>'
+            return f'<a href="{html.escape(row[column])}.html">{text.replace("/", "/<wbr>")}</a>'
         return text
 
     def _repr_html_(self) -> str:
@@ -224,8 +224,9 @@ class BoardTable:
         body = "".join(f"<tr style='background:{_COLOURS.get(r.get('status'), '#ffffff')}'>"
                        + "".join(f"<td>{self._cell(r, c)}</td>" for c in self.columns) + "</tr>"
                        for r in self.rows)
-        return (f'<table class="fatlib-table fatlib-scoreboard"><thead><tr>{head}</tr></thead>'
-                f"<tbody>{body}</tbody></table>")
+        board = " fatlib-board" if tuple(self.columns) == COLUMNS else ""  # fatlib.css fits it
+        return (f'<table class="fatlib-table fatlib-scoreboard{board}">'
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def __repr__(self) -> str:
         return repr(plots.table([{c: r.get(c, "") for c in self.columns} for r in self.rows],

@@ -541,14 +541,16 @@ def all_of(*results: RuleResult) -> RuleResult:
     Args:
         results: RuleResults of :func:`greater`, :func:`collapses`, :func:`survives`, all_of.
     Returns:
-        RuleResult whose texts join the parts' with '; '.
+        RuleResult whose texts join the parts' with '; ', each measurement named once (a
+        chain A > B > C measures B in two rules).
     """
     if not results or not all(isinstance(r, RuleResult) for r in results):
         raise ValueError("all_of() takes one or more rule results: all_of(collapses(...), "
                          "survives(...))")
     return RuleResult(rule="all_of(" + ", ".join(r.rule for r in results) + ")",
                       passed=all(r.passed for r in results),
-                      ours="; ".join(r.ours for r in results),
+                      ours="; ".join(dict.fromkeys(part for r in results
+                                                   for part in r.ours.split("; "))),
                       detail="; ".join(r.detail for r in results))
 
 

@@ -131,6 +131,20 @@ def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
     assert not missing, f"{path.name}: the prose uses glued names no code cell sets: {missing}"
 
 
+def _title(path):
+    text = (path.read_text() if path.suffix == ".md" else
+            "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "markdown"))
+    return next((line for line in text.splitlines() if line.startswith("# ")), "")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.stem)
+def test_page_titles_hold_no_math(path):
+    # the navigation lists every title on every page, and a page without math loads no
+    # MathJax: there "$\\alpha$" showed as the raw "\\(\\alpha\\)"
+    assert "$" not in _title(path), (f"{path.name}: write the title's math in plain text or "
+                                     f"Unicode (α, ℓ2), not $...$: {_title(path)!r}")
+
+
 def test_toc_lists_every_page_and_only_existing_ones():
     listed = {p.resolve() for p in book.toc_files(ROOT)}
     missing = [p.relative_to(ROOT).with_suffix("").as_posix() for p in PAGES

@@ -147,12 +147,13 @@ def test_the_table_links_chapters_escapes_text_and_colours_rows():
     lines = scoreboard.board([_artifact("wong2020 Table 1", "book/wong2020/table1_init_step")],
                              {"wong2020/table1_init_step": [_reduced("wong2020 Table 1 <b>")]})
     html = scoreboard.BoardTable(lines)._repr_html_()
-    assert '<a href="wong2020/table1_init_step.html">wong2020/table1_init_step</a>' in html
+    assert '<a href="wong2020/table1_init_step.html">wong2020/<wbr>table1_init_step</a>' in html
     assert "&lt;b&gt;" in html and "<b>" not in html
     assert "background:#eaf6d5" in html
     assert "wong2020/table1_init_step" in repr(scoreboard.BoardTable(lines))
     counted = scoreboard.counts_table(lines)._repr_html_()
     assert "<th style='text-align:left'>rows</th>" in counted
+    assert "fatlib-board" in html and "fatlib-board" not in counted  # fatlib.css fits the board
 
 
 # --------------------------------------------------------------------------- executed notebooks

@@ -164,6 +164,16 @@ def test_collapse_rules_use_the_threshold_and_the_binomial_bound():
     assert not V.collapses([11.0], 1000).passed and not V.survives([11.0], 1000).passed
 
 
+def test_a_chain_of_comparisons_names_each_measurement_once():
+    a, b, c = [30.0, 31.0], [20.0, 21.0], [10.0, 11.0]
+    chain = V.all_of(V.greater(a, b, 1000, names=("A", "B")),
+                     V.greater(b, c, 1000, names=("B", "C")))
+    assert chain.passed
+    parts = chain.ours.split("; ")
+    assert [p.split()[0] for p in parts] == ["A", "B", "C"], chain.ours
+    assert chain.detail.count("B") == 2  # each rule still says what it compared
+
+
 def test_qualitative_claim_passing_and_failing():
     claim = "FGSM collapses, FGSM-RS does not"
     ok = V.all_of(V.collapses([0.0, 0.2], 1000, name="FGSM"),
