@@ -171,7 +171,11 @@ def image_grid(rows: dict, *, column_titles: Sequence[str] | None = None,
                          f"{ {name: len(row) for name, row in images.items()} }")
     k = cols.pop()
     fig = make_subplots(rows=len(images), cols=k, horizontal_spacing=0.01, vertical_spacing=0.03,
-                        row_titles=list(images), column_titles=list(column_titles or []) or None)
+                        row_titles=[name.replace(", ", ",<br>") for name in images],
+                        column_titles=list(column_titles or []) or None)
+    # row titles run upright beside their row: two small lines fit a row's height (one long
+    # line of 16 px ran into the next row's title)
+    fig.for_each_annotation(lambda a: a.update(font_size=11) if a.textangle == 90 else None)
     for r, row in enumerate(images.values(), 1):
         for c, image in enumerate(row, 1):
             fig.add_trace(image_trace(image), row=r, col=c)

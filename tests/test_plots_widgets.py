@@ -113,6 +113,16 @@ def test_attack_slider_figure_layout(mnist, model):
     assert "true: 7" in fig.layout.title.text
 
 
+def test_image_grid_row_titles_fit_their_rows():
+    rows = {"1-step PGD, from test image": torch.rand(3, 3, 8, 8),
+            "no PGD, from noise": torch.rand(3, 3, 8, 8)}
+    fig = plots.image_grid(rows, column_titles=["a", "b", "c"], row_height=100)
+    titles = [a for a in fig.layout.annotations if a.textangle == 90]
+    assert [t.text.replace("<br>", " ") for t in titles] == list(rows)
+    for t in titles:  # upright text: its longest line (about 0.6 em a character) within a row
+        assert max(len(line) for line in t.text.split("<br>")) * 0.6 * t.font.size <= 100, t.text
+
+
 def test_line_and_accuracy_figures():
     fig = plots.accuracy_vs_eps_figure([1 / 255, 8 / 255], {"m, FGSM": [50, 40], "m, PGD": [45, 30]},
                                        unit=255, eps_train=8 / 255)
