@@ -31,8 +31,8 @@ RUN_FILES = (CHECKPOINT, "config.json", "history.json", runs.QUEUE_MARK)
 
 
 def progress_dir() -> Path:
-    """<repo>/data/queue_progress: the parked unfinished queue runs."""
-    return runs.REPO / "data" / "queue_progress"
+    """$FATLIB_QUEUE_PROGRESS_DIR, or <repo>/data/queue_progress: the parked queue runs."""
+    return Path(os.environ.get("FATLIB_QUEUE_PROGRESS_DIR") or runs.REPO / "data" / "queue_progress")
 
 
 def _passes_done(folder: Path) -> int:

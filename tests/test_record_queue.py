@@ -26,6 +26,7 @@ CLEAN = "0" * 40  # a clean commit, so that records can be saved while fatlib/ i
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FATLIB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setenv("FATLIB_QUEUE_PROGRESS_DIR", str(tmp_path / "queue_progress"))
     monkeypatch.setattr(runs, "_git_commit", lambda: CLEAN)
 
 
