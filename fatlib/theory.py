@@ -105,6 +105,69 @@ def lemma1_monte_carlo(alpha, eps: float, d: int, *, n_samples: int = 1000,
     return float(out) if out.ndim == 0 else out
 
 
+# --- Appendix C.1: the linear approximation error against the l2 norm ---
+
+def linearization_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        deltas) -> list[torch.Tensor]:
+    """Per image, how far the loss at x + delta is from its first-order Taylor expansion at x.
+
+    Implements: andriushchenko2020 §3 and Appendix C.1, |f(x + delta) - f(x) -
+    <grad_x f(x), delta>| with f the cross-entropy loss of one image, in eval mode and fp32
+    (the model's mode and buffers are restored).
+    Args:
+        model: classifier returning logits.
+        x: images in [0, 1], [B, C, H, W].
+        y: labels, int64 [B].
+        deltas: perturbations, each [B, C, H, W].
+    Returns:
+        one [B] tensor of errors per delta.
+    """
+    from fatlib.attacks import input_gradient
+    from fatlib.evaluate import evaluation_mode
+
+    with evaluation_mode(model):
+        grad, logits = input_gradient(model, x, y, torch.zeros_like(x))
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        with torch.no_grad():
+            return [(F.cross_entropy(model(x + d).float(), y, reduction="none") - loss
+                     - (grad * d).flatten(1).sum(1)).abs() for d in deltas]
+
+
+def shortened_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, shares, *,
+                   seed: int = 0) -> list[torch.Tensor]:
+    """FGSM perturbations of l-inf norm eps that move only a share of the coordinates.
+
+    Implements: the family of andriushchenko2020 §3's statement, perturbations of the same
+    l-inf norm eps and a smaller l2 norm: delta_p = eps sign(grad_x f(x)) on a random share p
+    of each image's coordinates (the same random order for every p, so the sets are nested)
+    and 0 elsewhere, clipped to the image box; its l2 norm is at most eps sqrt(p d).
+    Args:
+        model: classifier returning logits.
+        x: images in [0, 1], [B, C, H, W].
+        y: labels, int64 [B].
+        eps: l-inf radius in pixel units.
+        shares: fractions in (0, 1] of the coordinates that move.
+        seed: seed of the random order of the coordinates.
+    Returns:
+        one perturbation [B, C, H, W] per share.
+    Raises:
+        ValueError: a share outside (0, 1].
+    """
+    from fatlib.attacks import input_gradient
+    from fatlib.evaluate import evaluation_mode
+    from fatlib.threat import clip_to_box
+
+    if any(not 0 < p <= 1 for p in shares):
+        raise ValueError(f"shares must lie in (0, 1] (a fraction of the coordinates), got {shares}")
+    with evaluation_mode(model):
+        grad, _ = input_gradient(model, x, y, torch.zeros_like(x))
+    generator = torch.Generator().manual_seed(seed)
+    rank = torch.rand(grad.flatten(1).shape, generator=generator).argsort(1).argsort(1)
+    step = eps * grad.sign().flatten(1)
+    d = step.shape[1]
+    return [clip_to_box((step * (rank < round(p * d))).reshape(x.shape), x) for p in shares]
+
+
 # --- Lemma 2: gradient alignment at initialisation ---
 
 def lemma2_bound(eps, *, p: int = 27, n_samples: int = 200_000,
@@ -469,6 +532,57 @@ def lemma1_box_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
                      "without the box (Lemma 1 / FGSM)": f"{free:.3f}",
                      "ratio": f"{measured / free:.3f}"})
     return rows
+
+
+def linearity_by_length(models: dict, x: torch.Tensor, y: torch.Tensor, shares, *,
+                        seed: int = 0) -> dict:
+    """The linear approximation error of :func:`shortened_fgsm` perturbations, per model.
+
+    Implements: andriushchenko2020 Appendix C.1 as a measurement: for each model and each
+    share p of moved coordinates, the per-image :func:`linearization_error` of delta_p and the
+    mean l2 norm of delta_p.
+    Args:
+        models: name -> (model, eps), eps the model's l-inf training radius.
+        x, y: test images in [0, 1] and labels.
+        shares: fractions of the coordinates that move (see :func:`shortened_fgsm`).
+        seed: seed of the random order of the coordinates.
+    Returns:
+        name -> {"errors": [B] tensor per share, "l2": mean l2 norm per share}.
+    """
+    out = {}
+    for name, (model, eps) in models.items():
+        deltas = shortened_fgsm(model, x, y, eps, shares, seed=seed)
+        out[name] = {"errors": linearization_error(model, x, y, deltas),
+                     "l2": [float(d.flatten(1).norm(dim=1).mean()) for d in deltas]}
+    return out
+
+
+def linearity_verdict(name: str, measured: dict, shares, *, scale: str):
+    """The closing row of Appendix C.1 for one model of :func:`linearity_by_length`.
+
+    Implements: the claim as an ordering, with the book's rule (``verdicts.greater`` on the
+    per-image errors, images as the repeats): the mean error at each share is above the mean
+    error at the next smaller share.
+    Args:
+        name: the model's name ('cnn1, FGSM-RS at 16/255'); its text up to ' (' names it.
+        measured: the model's entry of :func:`linearity_by_length`.
+        shares: the shares it was measured at, increasing.
+        scale: the scale text of the measurement.
+    Returns:
+        fatlib.verdicts.Verdict.
+    """
+    from fatlib import verdicts
+
+    errors = [e.tolist() for e in measured["errors"]]
+    rule = verdicts.all_of(*(
+        verdicts.greater(errors[j + 1], errors[j], None, accuracy=False, digits=4,
+                         names=(f"p = {shares[j + 1]}", f"p = {shares[j]}"), repeats="image")
+        for j in range(len(shares) - 1)))
+    return verdicts.check("andriushchenko2020 Appendix C.1", "the linear approximation error "
+                          f"grows with the l2 norm at a fixed l-inf norm ({name.split(' (')[0]})",
+                          rule, paper="smaller for a smaller ||delta||_2, also in ReLU networks",
+                          scale=scale, reason="the error of a ReLU network need not grow with "
+                                              "the length of the perturbation")
 
 
 def alignment_at_init(make, x: torch.Tensor, y: torch.Tensor, eps_values, *, n_inits: int = 1,

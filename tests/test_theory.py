@@ -67,6 +67,42 @@ def test_lemma1_rejects_alpha_outside_range():
         theory.lemma1_monte_carlo(0.01, 0.0, 10)
 
 
+# --- Appendix C.1 ---
+
+def test_shortened_fgsm_keeps_the_linf_norm_box_and_nested_supports(cnn1):
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    shares = [0.25, 0.5, 1.0]
+    deltas = theory.shortened_fgsm(cnn1, x, y, EPS, shares, seed=1)
+    for p, d in zip(shares, deltas):
+        assert d.abs().max() <= EPS + 1e-7 and (x + d).min() >= 0 and (x + d).max() <= 1
+        moved = (d != 0).flatten(1).float().mean(1)
+        assert torch.all(moved <= p + 1e-6) and torch.all(moved >= 0.9 * p)  # the box cuts a few
+    assert all(torch.all((a == 0) | (a == b)) for a, b in zip(deltas, deltas[1:]))  # nested
+    assert torch.equal(deltas[-1], fgsm(cnn1, x, y, ThreatModel("linf", EPS), init="zero"))
+    assert [d.flatten(1).norm(dim=1).mean() for d in deltas] == sorted(
+        d.flatten(1).norm(dim=1).mean() for d in deltas)
+    with pytest.raises(ValueError, match="shares must lie in"):
+        theory.shortened_fgsm(cnn1, x, y, EPS, [0.0])
+
+
+def test_linearization_error_is_second_order_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10), nn.Tanh(), nn.Linear(10, 10))
+    model.train()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    delta = 0.1 * torch.randn(6, 3, 8, 8)  # large enough for fp32, small for the 3rd order
+    full, half = theory.linearization_error(model, x, y, [delta, delta / 2])
+    assert model.training and torch.all(full > 0)
+    assert 3.5 < full.sum() / half.sum() < 4.5  # the error is of second order in delta
+    x_adv = (x + delta).requires_grad_(True)
+    by_hand = nn.functional.cross_entropy(model(x_adv), y, reduction="none")
+    x0 = x.clone().requires_grad_(True)
+    f0 = nn.functional.cross_entropy(model(x0), y, reduction="none")
+    (g,) = torch.autograd.grad(f0.sum(), x0)
+    expected = (by_hand - f0 - (g * delta).flatten(1).sum(1)).abs().detach()
+    assert torch.allclose(full, expected, rtol=1e-4, atol=1e-7)
+
+
 # --- Lemma 2 ---
 
 def test_lemma2_bound_is_monotone_in_eps_and_within_half_and_one():
