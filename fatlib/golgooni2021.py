@@ -223,15 +223,21 @@ def perturbation_change_figure(history: list, title: str) -> go.Figure:
 # --------------------------------------------------------------------------- gradient entries
 
 def relative_gradient_sizes(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """|input gradient| of each entry over its example's largest, flattened ([B * C * H * W])."""
+    """|input gradient| of each entry over its example's largest, one row per example
+    ([B, C * H * W])."""
     grad, _ = attacks.input_gradient(model, x, y, torch.zeros_like(x))
     size = grad.abs().flatten(1)
-    return (size / size.amax(dim=1, keepdim=True).clamp_min(1e-30)).flatten()
+    return size / size.amax(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 def share_below(sizes: torch.Tensor, thresholds) -> list:
-    """The share (%) of entries below each threshold (relative sizes, see above)."""
+    """The share (%) of all entries below each threshold (relative sizes, see above)."""
     return [100.0 * (sizes < t).float().mean().item() for t in thresholds]
+
+
+def near_zero_shares(sizes: torch.Tensor, threshold: float = 1e-3) -> list:
+    """Per example, the share (%) of its entries below `threshold` (relative sizes)."""
+    return (100.0 * (sizes < threshold).float().mean(dim=1)).tolist()
 
 
 def size_distribution_figure(sizes: dict, thresholds, title: str) -> go.Figure:
@@ -331,6 +337,31 @@ def sizes_before_and_after(x: torch.Tensor, y: torch.Tensor) -> dict | None:
     if None in made.values():
         return None
     return {k: relative_gradient_sizes(r.model(), x, y) for k, r in made.items()}
+
+
+SMALL_ENTRIES = "golgooni2021 claim: small input-gradient entries cause the collapse"
+
+
+def small_entries_verdict(x: torch.Tensor, y: torch.Tensor, threshold: float = 1e-3):
+    """§2's claim on the Figure 1 network: it collapses, and after the collapse more of its
+    input-gradient entries are near zero (below `threshold` times their image's largest) than
+    before it (the early-stopped record), per image (``verdicts.greater``, images as repeats)."""
+    claim = (f"the collapsed network has more near-zero input-gradient entries (below "
+             f"{threshold:g} of the image's largest) than before its collapse")
+    paper = "near-zero entries (A1) flip the FGSM sign and cause the huge update at the collapse"
+    (before, after), queued = chapter.made_or_queued(
+        SMALL_ENTRIES, claim, paper=paper, scale=FIG_SCALE,
+        records=[BEFORE_COLLAPSE, FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]])
+    if queued:
+        return queued
+    shares = [near_zero_shares(relative_gradient_sizes(r.model(), x, y), threshold)
+              for r in (after, before)]
+    rule = verdicts.all_of(
+        verdicts.collapses([after.metrics["pgd_acc"]], after.metrics["n"], name="FGSM-RS"),
+        verdicts.greater(*shares, None, accuracy=False, names=("after", "before"),
+                         repeats="image"))
+    return verdicts.check(SMALL_ENTRIES, claim, rule, paper=paper, scale=FIG_SCALE,
+                          reason=FIG_REASON)
 
 
 def algorithm_verdicts(zerograd_views: list, qs: list, multigrad_views: list, ns: list, *,

@@ -101,9 +101,13 @@ def _model_and_batch():
 def test_relative_gradient_sizes_are_shares_of_each_examples_largest():
     model, x, y = _model_and_batch()
     sizes = G.relative_gradient_sizes(model, x, y)
-    assert sizes.shape == (x.numel(),) and 0 <= sizes.min() and sizes.max() == pytest.approx(1.0)
+    assert sizes.shape == (2, x[0].numel()) and 0 <= sizes.min()
+    assert sizes.amax(dim=1).tolist() == pytest.approx([1.0, 1.0])
     below = G.share_below(sizes, [1e-3, 1e-1, 1.01])
     assert below == sorted(below) and below[-1] == 100.0
+    per_image = G.near_zero_shares(sizes, 1e-1)
+    assert len(per_image) == 2 and sum(per_image) / 2 == pytest.approx(below[1])
+    assert G.near_zero_shares(sizes, 1.01) == [100.0, 100.0]
 
 
 def test_the_algorithm_views_zero_a_q_share_and_stay_in_the_ball():
@@ -169,3 +173,19 @@ def test_multigrad_gradient_is_what_multigrad_steps_along_and_its_shares():
     c1, m1 = G.zeroed_shares(small, torch.where(small.abs() > 1e-8, small, torch.zeros_like(small)))
     assert all(m < c for c, m in zip(c1, m1))
     assert G.figure3_verdict(c1, m1, scale="smoke: test").verdict == verdicts.REDUCED
+
+
+def test_the_small_entries_claim_waits_for_both_records_then_compares_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path))
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    waiting = G.small_entries_verdict(x, y)
+    assert waiting.verdict == verdicts.NOT_RUN and G.BEFORE_COLLAPSE in waiting.detail
+    for seed, name in enumerate((G.BEFORE_COLLAPSE, G.FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"])):
+        _fake_record(tmp_path, name, 40.0 - 40 * seed)
+        torch.manual_seed(seed)
+        config = runs.queue_entry(name).config
+        model = models.build(config.model, config.dataset, **config.model_kw)
+        torch.save(model.state_dict(), tmp_path / name / "weights.pt")
+    found = G.small_entries_verdict(x, y)
+    assert found.verdict in (verdicts.REDUCED, verdicts.DIFFERS) and found.artifact == G.SMALL_ENTRIES
+    assert "after" in found.ours and "before" in found.ours and "FGSM-RS" in found.ours
