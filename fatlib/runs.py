@@ -720,19 +720,51 @@ def _pass_seconds(state: dict) -> float:
     return sum(state["times"].values()) / state["passes_done"]
 
 
-def _record_times(entry: QueueEntry) -> dict | None:
+def _record_times(entry: QueueEntry, name: str | None = None,
+                  config: TrainConfig | None = None) -> dict | None:
     """Seconds per pass (training + history evaluation) and of the final evaluation, from the
-    provenance of an existing record of this name (e.g. an older one being re-made), and its CPU."""
-    path = records_dir() / entry.name / "provenance.json"
+    provenance of an existing record of this name (e.g. an older one being re-made), or of the
+    record `name` of `config`, and its CPU."""
+    path = records_dir() / (name or entry.name) / "provenance.json"
     if not path.exists():
         return None
     prov = _read_json(path)
     wall = prov.get("wall_time_s") or {}
     if wall.get("train") is None:
         return None
-    per_pass = (wall["train"] + (wall.get("history_eval") or 0.0)) / entry.config.passes
+    per_pass = (wall["train"] + (wall.get("history_eval") or 0.0)) / (config or entry.config).passes
     return {"pass_s": per_pass, "final_s": wall.get("final_eval") or 0.0,
             "cpu": (prov.get("machine") or {}).get("cpu")}
+
+
+# TrainConfig fields that do not change what a training step or an evaluation computes (the
+# radius, step sizes, seeds, schedule, number of epochs, the ZeroGrad quantile, clipping):
+# records that differ from an entry only in these cost about as much per pass.
+COST_NEUTRAL_FIELDS = (
+    "eps", "alpha", "fgsm_init", "pgd_alpha", "pgd_random_start", "pgd_corners", "ga_lambda",
+    "zg_q", "rollback_qs", "epochs", "optimizer", "momentum", "nesterov", "lr_max",
+    "lr_schedule", "lr_peak", "lr_drops", "lr_factor", "weight_decay", "eps_warmup_epochs",
+    "alpha_warmup_epochs", "grad_clip", "grad_clip_mode", "seed", "early_stop",
+    "early_stop_rule", "eval_pgd_alpha", "final_pgd_alpha")
+
+
+def _similar_record_times(entry: QueueEntry) -> dict | None:
+    """_record_times of a record whose config equals the entry's but for COST_NEUTRAL_FIELDS,
+    with its name and machine: one made on a machine like this one (the same native bf16,
+    then the same torch threads) before others, then the first by name; None if there is none."""
+    def costly(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in COST_NEUTRAL_FIELDS}
+
+    wanted, here, found = costly(entry.config.to_dict()), machine(), []
+    for path in sorted(records_dir().glob("*/config.json")):
+        config = _read_json(path)
+        times = costly(config) == wanted and _record_times(entry, path.parent.name,
+                                                           TrainConfig.from_dict(config))
+        if times:
+            where = _read_json(path.parent / "provenance.json").get("machine") or {}
+            alike = tuple(where.get(k) == here[k] for k in ("native_bf16", "torch_threads"))
+            found.append((alike, {**times, "name": path.parent.name, "machine": where}))
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def measure_costs(config: TrainConfig, steps: int = 2) -> dict:
@@ -803,7 +835,9 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
     final evaluation's time of (2) when there is one; (2) an existing record of that name (an
     older one being re-made): its provenance wall times (train + history_eval per pass, and
     final_eval), not scaled, with its CPU named when it is not this machine's; (3) with measure,
-    cost_model_seconds of measure_costs timed here. Else (None, 'unknown').
+    cost_model_seconds of measure_costs timed here; (4) a similar record (same config but for
+    COST_NEUTRAL_FIELDS): its wall time per pass times the entry's passes, plus its final
+    evaluation. Else (None, 'unknown').
     Returns:
         (seconds or None, a few words on the basis).
     """
@@ -818,6 +852,14 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
         return rec["pass_s"] * passes + final, f"old record's wall time{other}"
     if measure:
         return cost_model_seconds(entry.config, measure_costs(entry.config)), "measured step cost"
+    similar = _similar_record_times(entry)
+    if similar:
+        where, here = similar["machine"], machine()
+        other = "" if (where.get("cpu"), where.get("native_bf16")) == (here["cpu"], here[
+            "native_bf16"]) else (f", made on {where.get('cpu')} with"
+                                  f"{'' if where.get('native_bf16') else 'out'} native bf16")
+        return (similar["pass_s"] * passes + similar["final_s"],
+                f"wall time per pass of the similar record {similar['name']}{other}")
     return None, "unknown"
 
 

@@ -62,7 +62,7 @@ def uninterrupted(config: TrainConfig, tmp_path, monkeypatch) -> runs.Run:
 
 
 def test_status_of_a_tiny_queue(tmp_path, monkeypatch, capsys):
-    started, fresh, done, other = tiny(), tiny(seed=1), tiny(seed=2), tiny(seed=3)
+    started, fresh, done, other = tiny(), tiny(seed=1, batch_size=16), tiny(seed=2), tiny(seed=3)
     bf16, outside = tiny(seed=4), tiny(seed=5)
     queue = write_queue(tmp_path, ("started", started), ("fresh", fresh), ("done", done),
                         ("other", other), ("big", bf16, "native_bf16"), ("outside", outside))
@@ -85,7 +85,7 @@ def test_status_of_a_tiny_queue(tmp_path, monkeypatch, capsys):
     assert main(["records", "status", "--queue", queue]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 7 and out[-1].startswith("left: 3 of 6 entries")
-    assert "2 not estimated" in out[-1] and "1 waiting for native bf16" in out[-1]
+    assert "1 not estimated" in out[-1] and "1 waiting for native bf16" in out[-1]  # fresh
 
 
 def test_status_estimates_from_an_old_record_or_a_measured_step(tmp_path):
@@ -103,6 +103,22 @@ def test_status_estimates_from_an_old_record_or_a_measured_step(tmp_path):
     assert first.state == "not started" and first.seconds_left == pytest.approx(40.0)
     measured = runs.entry_status(runs.load_queue(queue)[1], measure=True)
     assert measured.basis == "measured step cost" and 0 < measured.seconds_left < 60
+
+
+def test_status_estimates_from_a_similar_record_per_pass(tmp_path):
+    made = tiny(epochs=2)
+    queue = write_queue(tmp_path, ("made", made), ("longer", tiny(epochs=6, eps=0.2, seed=3)),
+                        ("other_method", tiny(method="pgd", pgd_steps=3)))
+    runs.save_record(runs.load_or_train(made), "made")
+    prov = runs.records_dir() / "made" / "provenance.json"
+    p = json.loads(prov.read_text())
+    p["wall_time_s"] = {"train": 30.0, "history_eval": 6.0, "final_eval": 4.0}
+    prov.write_text(json.dumps(p))
+    entries = runs.load_queue(queue)
+    longer = runs.entry_status(entries[1])
+    assert longer.seconds_left == pytest.approx(36.0 / 2 * 6 + 4.0)  # per pass x 6 passes + final
+    assert "similar record made" in longer.basis
+    assert runs.entry_status(entries[2]).seconds_left is None  # another method costs otherwise
 
 
 def test_run_with_a_budget_that_finishes(tmp_path):
