@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fatlib import book
+from fatlib import book, chapter, scoreboard
 
 from helpers import headless_chromium
 
@@ -54,6 +54,17 @@ def test_every_toc_page_is_built(site):
         assert _page(site, source).exists(), source
     for notebook in book.chapters(ROOT):
         assert "Run card" in _page(site, notebook).read_text(), f"{notebook.name}: no run card"
+
+
+@pytest.mark.slow
+def test_every_paper_row_of_the_built_book_counts_for_a_catalogued_artifact(site):
+    rows = chapter.collect_rows(site.parent / "src" / "book")
+    ids = [a.artifact for a in scoreboard.load_artifacts()]
+    stray = sorted({f"{v.artifact} ({name})" for name, found in rows.items() for v in found
+                    if v.artifact.split(" ", 1)[0] in scoreboard.PAPERS
+                    and not scoreboard.match(v.artifact, ids)})
+    assert not stray, ("closing rows whose artifact starts with no id of data/artifacts.json "
+                       f"(the scoreboard would show those artifacts without a verdict): {stray}")
 
 
 @pytest.mark.slow
