@@ -163,6 +163,7 @@ def shortened_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         grad, _ = input_gradient(model, x, y, torch.zeros_like(x))
     generator = torch.Generator().manual_seed(seed)
     rank = torch.rand(grad.flatten(1).shape, generator=generator).argsort(1).argsort(1)
+    rank = rank.to(grad.device)
     step = eps * grad.sign().flatten(1)
     d = step.shape[1]
     return [clip_to_box((step * (rank < round(p * d))).reshape(x.shape), x) for p in shares]
