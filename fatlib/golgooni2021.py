@@ -328,12 +328,15 @@ def figure2_verdict() -> verdicts.Verdict:
                           reason=FIG_REASON)
 
 
+SIZE_RECORDS = {"before the collapse": BEFORE_COLLAPSE,
+                "after the collapse": FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]}
+
+
 def sizes_before_and_after(x: torch.Tensor, y: torch.Tensor) -> dict | None:
     """Relative gradient-entry sizes on (x, y) of the FGSM-RS (alpha = 2 eps) network before
-    its collapse (the early-stopped record) and after it; None while a record is queued."""
-    names = {"before the collapse": BEFORE_COLLAPSE,
-             "after the collapse": FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]}
-    made = {k: chapter.made_record(n) for k, n in names.items()}
+    its collapse (the early-stopped record) and after it (keys of SIZE_RECORDS); None while a
+    record is queued."""
+    made = {k: chapter.made_record(n) for k, n in SIZE_RECORDS.items()}
     if None in made.values():
         return None
     return {k: relative_gradient_sizes(r.model(), x, y) for k, r in made.items()}
@@ -342,20 +345,20 @@ def sizes_before_and_after(x: torch.Tensor, y: torch.Tensor) -> dict | None:
 SMALL_ENTRIES = "golgooni2021 claim: small input-gradient entries cause the collapse"
 
 
-def small_entries_verdict(x: torch.Tensor, y: torch.Tensor, threshold: float = 1e-3):
+def small_entries_verdict(sizes: dict | None, threshold: float = 1e-3):
     """§2's claim on the Figure 1 network: it collapses, and after the collapse more of its
     input-gradient entries are near zero (below `threshold` times their image's largest) than
-    before it (the early-stopped record), per image (``verdicts.greater``, images as repeats)."""
+    before it (the early-stopped record), per image (``verdicts.greater``, images as repeats).
+    `sizes`: what :func:`sizes_before_and_after` gave (None while a record is queued)."""
     claim = (f"the collapsed network has more near-zero input-gradient entries (below "
              f"{threshold:g} of the image's largest) than before its collapse")
     paper = "near-zero entries (A1) flip the FGSM sign and cause the huge update at the collapse"
-    (before, after), queued = chapter.made_or_queued(
-        SMALL_ENTRIES, claim, paper=paper, scale=FIG_SCALE,
-        records=[BEFORE_COLLAPSE, FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"]])
+    (_, after), queued = chapter.made_or_queued(
+        SMALL_ENTRIES, claim, paper=paper, scale=FIG_SCALE, records=list(SIZE_RECORDS.values()))
     if queued:
         return queued
-    shares = [near_zero_shares(relative_gradient_sizes(r.model(), x, y), threshold)
-              for r in (after, before)]
+    shares = [near_zero_shares(sizes[k], threshold)
+              for k in ("after the collapse", "before the collapse")]
     rule = verdicts.all_of(
         verdicts.collapses([after.metrics["pgd_acc"]], after.metrics["n"], name="FGSM-RS"),
         verdicts.greater(*shares, None, accuracy=False, names=("after", "before"),

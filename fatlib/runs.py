@@ -724,7 +724,7 @@ def _record_times(entry: QueueEntry, name: str | None = None,
                   config: TrainConfig | None = None) -> dict | None:
     """Seconds per pass (training + history evaluation) and of the final evaluation, from the
     provenance of an existing record of this name (e.g. an older one being re-made), or of the
-    record `name` of `config`, and its CPU."""
+    record `name` of `config`, and the machine that made it."""
     path = records_dir() / (name or entry.name) / "provenance.json"
     if not path.exists():
         return None
@@ -734,7 +734,7 @@ def _record_times(entry: QueueEntry, name: str | None = None,
         return None
     per_pass = (wall["train"] + (wall.get("history_eval") or 0.0)) / (config or entry.config).passes
     return {"pass_s": per_pass, "final_s": wall.get("final_eval") or 0.0,
-            "cpu": (prov.get("machine") or {}).get("cpu")}
+            "machine": prov.get("machine") or {}}
 
 
 # TrainConfig fields that do not change what a training step or an evaluation computes (the
@@ -761,9 +761,9 @@ def _similar_record_times(entry: QueueEntry) -> dict | None:
         times = costly(config) == wanted and _record_times(entry, path.parent.name,
                                                            TrainConfig.from_dict(config))
         if times:
-            where = _read_json(path.parent / "provenance.json").get("machine") or {}
-            alike = tuple(where.get(k) == here[k] for k in ("native_bf16", "torch_threads"))
-            found.append((alike, {**times, "name": path.parent.name, "machine": where}))
+            alike = tuple(times["machine"].get(k) == here[k] for k in ("native_bf16",
+                                                                      "torch_threads"))
+            found.append((alike, {**times, "name": path.parent.name}))
     return max(found, key=lambda f: f[0])[1] if found else None
 
 
@@ -848,7 +848,8 @@ def estimate_seconds(entry: QueueEntry, state: dict | None = None, *,
         extra = "" if rec or not entry.config.final_n_eval else ", final evaluation not included"
         return _pass_seconds(state) * (passes - done) + final, f"checkpoint timers{extra}"
     if rec:
-        other = "" if rec["cpu"] == machine()["cpu"] else f" made on {rec['cpu']}"
+        cpu = rec["machine"].get("cpu")
+        other = "" if cpu == machine()["cpu"] else f" made on {cpu}"
         return rec["pass_s"] * passes + final, f"old record's wall time{other}"
     if measure:
         return cost_model_seconds(entry.config, measure_costs(entry.config)), "measured step cost"

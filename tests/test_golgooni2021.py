@@ -178,7 +178,7 @@ def test_multigrad_gradient_is_what_multigrad_steps_along_and_its_shares():
 def test_the_small_entries_claim_waits_for_both_records_then_compares_them(tmp_path, monkeypatch):
     monkeypatch.setenv("FATLIB_RECORDS_DIR", str(tmp_path))
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
-    waiting = G.small_entries_verdict(x, y)
+    waiting = G.small_entries_verdict(G.sizes_before_and_after(x, y))
     assert waiting.verdict == verdicts.NOT_RUN and G.BEFORE_COLLAPSE in waiting.detail
     for seed, name in enumerate((G.BEFORE_COLLAPSE, G.FIGURE_RECORDS["FGSM-RS, alpha = 2 eps"])):
         _fake_record(tmp_path, name, 40.0 - 40 * seed)
@@ -186,6 +186,6 @@ def test_the_small_entries_claim_waits_for_both_records_then_compares_them(tmp_p
         config = runs.queue_entry(name).config
         model = models.build(config.model, config.dataset, **config.model_kw)
         torch.save(model.state_dict(), tmp_path / name / "weights.pt")
-    found = G.small_entries_verdict(x, y)
+    found = G.small_entries_verdict(G.sizes_before_and_after(x, y))
     assert found.verdict in (verdicts.REDUCED, verdicts.DIFFERS) and found.artifact == G.SMALL_ENTRIES
     assert "after" in found.ours and "before" in found.ours and "FGSM-RS" in found.ours
