@@ -47,6 +47,37 @@ def record_scale(record: str) -> str:
     return scale_text("record scale", runs.queue_entry(record).config)
 
 
+def in_threat_set(cases, *, name: str = "delta", rounding: float = 1e-6) -> verdicts.RuleResult:
+    """Rule: every perturbation lies in its threat model's eps ball and keeps the image in [0, 1].
+
+    Implements: the constraint every attack of the four papers states (the ball, then the
+    image box), as fatlib.verdicts.within on the largest norm / eps (at most 1 + `rounding`,
+    float rounding) and on the smallest and largest entry of x + delta (in [0, 1]).
+    Args:
+        cases: (ThreatModel, x, delta) triples; delta is reshaped to x's shape (a single
+            image's [C, H, W] perturbation with x of [1, C, H, W] is fine).
+        name: what the perturbations are ("PGD-7's delta"), for the texts.
+        rounding: the tolerance of the ball bound, a fraction of eps.
+    Returns:
+        fatlib.verdicts.RuleResult of both bounds over all cases.
+    """
+    cases = list(cases)
+    if not cases:
+        raise ValueError("in_threat_set needs at least one (ThreatModel, x, delta) case")
+    ratios, lows, highs = [], [], []
+    for threat, x, delta in cases:
+        delta = delta.reshape(x.shape)
+        ratios.append(float(threat.norms(delta).max()) / threat.eps)
+        lows.append(float((x + delta).min()))
+        highs.append(float((x + delta).max()))
+    norm = {"linf": "l-inf", "l2": "l2"}[cases[0][0].norm]
+    return verdicts.all_of(
+        verdicts.within([max(ratios)], hi=1 + rounding, digits=6,
+                        name=f"largest {norm} norm of {name} / eps"),
+        verdicts.within([min(lows), max(highs)], lo=0, hi=1,
+                        name=f"smallest and largest entry of x + {name}"))
+
+
 @dataclass(frozen=True)
 class Claim:
     """A qualitative claim of the paper about named rows, and the rule of fatlib.verdicts that

@@ -367,16 +367,17 @@ def small_entries_verdict(sizes: dict | None, threshold: float = 1e-3):
                           reason=FIG_REASON)
 
 
-def algorithm_verdicts(zerograd_views: list, qs: list, multigrad_views: list, ns: list, *,
-                       eps: float, scale: str) -> list:
-    """Rows of Algs. 1 and 2 from their views (:func:`zerograd_view`, :func:`multigrad_view`):
-    ZeroGrad zeroes a share q of the entries (to one entry), MultiGrad leaves more entries
-    unmoved as N grows, and both perturbations stay in the eps ball."""
+def algorithm_verdicts(x, zerograd_views: list, qs: list, multigrad_views: list, *,
+                       threat: ThreatModel, scale: str) -> list:
+    """Rows of Algs. 1 and 2 from their views (:func:`zerograd_view` for each q,
+    :func:`multigrad_view` for increasing N) of the image x ([1, C, H, W]): ZeroGrad zeroes a
+    share q of the entries (to one entry), MultiGrad leaves more entries unmoved as N grows,
+    and both perturbations stay in the threat model's ball and keep the image in [0, 1]."""
     d = zerograd_views[0][0].numel()
     zeroed = [100 * (m.mean().item() - q) for (m, _), q in zip(zerograd_views, qs)]
     unmoved = [m.mean().item() for m, _ in multigrad_views]
-    sizes = [v[1].abs().max().item() * 255 for v in zerograd_views + multigrad_views]
-    ball = verdicts.within(sizes, lo=0, hi=eps * 255 + 1e-4, name="max |delta| (/255)", digits=2)
+    ball = claims.in_threat_set([(threat, x, delta) for _, delta in zerograd_views
+                                 + multigrad_views], name="delta")
     return [verdicts.check(
         "golgooni2021 Algorithm 1", "ZeroGrad zeroes the q-quantile smallest gradient entries",
         verdicts.all_of(verdicts.within(zeroed, lo=-100 / d, hi=100 / d, digits=3,

@@ -122,15 +122,26 @@ def linearization_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Returns:
         one [B] tensor of errors per delta.
     """
-    from fatlib.attacks import input_gradient
     from fatlib.evaluate import evaluation_mode
 
     with evaluation_mode(model):
-        grad, logits = input_gradient(model, x, y, torch.zeros_like(x))
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        with torch.no_grad():
-            return [(F.cross_entropy(model(x + d).float(), y, reduction="none") - loss
-                     - (grad * d).flatten(1).sum(1)).abs() for d in deltas]
+        loss, grad = _loss_and_gradient(model, x, y)
+        return _taylor_errors(model, x, y, loss, grad, deltas)
+
+
+def _loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """(per-image cross-entropy loss [B] in fp32, its input gradient) at x."""
+    from fatlib.attacks import input_gradient
+
+    grad, logits = input_gradient(model, x, y, torch.zeros_like(x))
+    return F.cross_entropy(logits.float(), y, reduction="none").detach(), grad
+
+
+def _taylor_errors(model, x, y, loss, grad, deltas) -> list[torch.Tensor]:
+    """|f(x + delta) - loss - <grad, delta>| per image, for each delta (no gradients)."""
+    with torch.no_grad():
+        return [(F.cross_entropy(model(x + d).float(), y, reduction="none") - loss
+                 - (grad * d).flatten(1).sum(1)).abs() for d in deltas]
 
 
 def shortened_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, shares, *,
@@ -153,14 +164,23 @@ def shortened_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     Raises:
         ValueError: a share outside (0, 1].
     """
-    from fatlib.attacks import input_gradient
     from fatlib.evaluate import evaluation_mode
-    from fatlib.threat import clip_to_box
 
+    _check_shares(shares)
+    with evaluation_mode(model):
+        _, grad = _loss_and_gradient(model, x, y)
+    return _sign_on_shares(grad, x, eps, shares, seed)
+
+
+def _check_shares(shares) -> None:
     if any(not 0 < p <= 1 for p in shares):
         raise ValueError(f"shares must lie in (0, 1] (a fraction of the coordinates), got {shares}")
-    with evaluation_mode(model):
-        grad, _ = input_gradient(model, x, y, torch.zeros_like(x))
+
+
+def _sign_on_shares(grad, x, eps, shares, seed) -> list[torch.Tensor]:
+    """eps sign(grad) on nested random shares of each image's coordinates, clipped to the box."""
+    from fatlib.threat import clip_to_box
+
     generator = torch.Generator().manual_seed(seed)
     rank = torch.rand(grad.flatten(1).shape, generator=generator).argsort(1).argsort(1)
     rank = rank.to(grad.device)
@@ -550,11 +570,16 @@ def linearity_by_length(models: dict, x: torch.Tensor, y: torch.Tensor, shares, 
     Returns:
         name -> {"errors": [B] tensor per share, "l2": mean l2 norm per share}.
     """
+    from fatlib.evaluate import evaluation_mode
+
+    _check_shares(shares)
     out = {}
     for name, (model, eps) in models.items():
-        deltas = shortened_fgsm(model, x, y, eps, shares, seed=seed)
-        out[name] = {"errors": linearization_error(model, x, y, deltas),
-                     "l2": [float(d.flatten(1).norm(dim=1).mean()) for d in deltas]}
+        with evaluation_mode(model):  # one input gradient serves the steps and the expansion
+            loss, grad = _loss_and_gradient(model, x, y)
+            deltas = _sign_on_shares(grad, x, eps, shares, seed)
+            out[name] = {"errors": _taylor_errors(model, x, y, loss, grad, deltas),
+                         "l2": [float(d.flatten(1).norm(dim=1).mean()) for d in deltas]}
     return out
 
 

@@ -103,6 +103,20 @@ def test_linearization_error_is_second_order_and_leaves_the_model_alone():
     assert torch.allclose(full, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_linearity_by_length_is_shortened_fgsm_then_linearization_error(cnn1):
+    cnn1.train()
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    shares = [0.25, 1.0]
+    measured = theory.linearity_by_length({"cnn1": (cnn1, EPS)}, x, y, shares, seed=3)["cnn1"]
+    deltas = theory.shortened_fgsm(cnn1, x, y, EPS, shares, seed=3)
+    for ours, theirs in zip(measured["errors"], theory.linearization_error(cnn1, x, y, deltas)):
+        assert torch.allclose(ours, theirs)
+    assert measured["l2"] == [float(d.flatten(1).norm(dim=1).mean()) for d in deltas]
+    assert cnn1.training
+    with pytest.raises(ValueError, match="shares must lie in"):
+        theory.linearity_by_length({"cnn1": (cnn1, EPS)}, x, y, [1.5])
+
+
 # --- Lemma 2 ---
 
 def test_lemma2_bound_is_monotone_in_eps_and_within_half_and_one():

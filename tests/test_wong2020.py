@@ -4,9 +4,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from fatlib import chapter, runs, verdicts, wong2020
+from fatlib import chapter, claims, runs, verdicts, wong2020
 from fatlib.book import resolve_profile
+from fatlib.threat import ThreatModel
 
 
 def _params(profile, **overrides):
@@ -81,6 +83,23 @@ def test_a_claim_tests_collapse_survival_and_order():
     row = wong2020.ROWS[wong2020.ZERO]
     assert row.collapses and row.claim.collapse == (wong2020.ZERO,)
     assert wong2020.ROWS[wong2020.A10].claim.survive == (wong2020.A10,)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_in_threat_set_passes_a_projected_delta_and_fails_one_outside_ball_or_box(norm, eps):
+    threat = ThreatModel(norm, eps)
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    inside = threat.project(3 * eps * torch.randn_like(x), x)
+    assert claims.in_threat_set([(threat, x, inside)]).passed
+    assert claims.in_threat_set([(threat, x[:1], inside[0])]).passed  # one image, [C, H, W]
+    assert not claims.in_threat_set([(threat, x, inside), (threat, x, 1.01 * inside)]).passed
+    below_box = torch.zeros_like(x)
+    below_box[:, 0, 0, 0] = -eps / 2  # in the ball, but pushes a black pixel below 0
+    outside = claims.in_threat_set([(threat, torch.zeros_like(x), below_box)], name="d")
+    assert not outside.passed and "smallest and largest entry of x + d" in outside.detail
+    with pytest.raises(ValueError, match="at least one"):
+        claims.in_threat_set([])
 
 
 def test_check_gives_the_verdict_of_the_rule_on_runs():
