@@ -269,8 +269,7 @@ def train(config: TrainConfig, run_dir=None, *, progress: bool = False,
             good, outcome = run.drop_rule_check(first, good)
         if outcome == "stop":
             break
-        if outcome == "rollback" or run.passes_done < cfg.passes:
-            save()
+        save()  # the last pass too: a kill in the final evaluation keeps the trained weights
     if not run.complete and (run.passes_done >= cfg.passes or run.stopped_early):
         _finish(run, progress)
         save()

@@ -1034,8 +1034,9 @@ class QueueStatus:
         what = {"done": f"done (commit {(self.commit or '')[:10]})",
                 "differs": f"differs: record holds config {self.commit}",
                 "trained": "trained, record not saved yet",
-                "in progress": f"in progress at epoch {self.passes_done} of {passes}"}.get(
-                    self.state, self.state)
+                "in progress": f"in progress at epoch {self.passes_done} of {passes}"
+                               + (", final evaluation left" if self.passes_done >= passes
+                                  else "")}.get(self.state, self.state)
         if self.state == "waiting for native bf16" and self.passes_done:
             what += f" (at epoch {self.passes_done} of {passes})"
         hours = ("unknown" if self.seconds_left is None else "0 h" if not self.seconds_left
@@ -1169,6 +1170,10 @@ def _train_epochs(entry: QueueEntry, path: Path, deadline: float | None) -> int:
     epoch_s, final_s = _epoch_guess(entry, state)
     while not is_complete(path):
         done = state.get("passes_done", 0)
+        if done >= cfg.passes:  # trained; killed in the final evaluation: only that is left
+            _log(f"{entry.name}: the final evaluation (resuming after epoch {done})")
+            load_or_train(cfg)
+            break
         need = None if epoch_s is None else epoch_s + final_s * (done + 1 >= cfg.passes)
         why = _does_not_fit(need, deadline)
         if why:

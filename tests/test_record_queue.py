@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from fatlib import evaluate, models, runs
+from fatlib import evaluate, loop, models, runs
 from fatlib.__main__ import main
 from fatlib.train import CHECKPOINT, TrainConfig, load_checkpoint
 
@@ -152,6 +152,29 @@ def test_run_stops_at_the_budget_and_resumes_to_the_same_weights(tmp_path, monke
     assert same_weights(rec.model(), whole.model)
     assert without_times(rec.history) == without_times(whole.history)
     assert rec.metrics["pgd_acc"] == whole.metrics["pgd_acc"]
+
+
+def test_a_crash_in_the_final_evaluation_keeps_the_trained_epochs(tmp_path, monkeypatch):
+    cfg = tiny(final_n_eval=32, final_pgd_steps=2, final_pgd_restarts=1)
+    queue = write_queue(tmp_path, ("a", cfg))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed in the final evaluation")
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "final_evaluation", crash)
+        with pytest.raises(KeyboardInterrupt):
+            runs.run_queue(queue)
+    status = runs.entry_status(runs.load_queue(queue)[0])
+    assert status.state == "in progress" and status.passes_done == 3
+    assert "epoch 3 of 3, final evaluation left" in status.line()
+    again = runs.run_queue(queue)
+    assert [(r["result"], r["epochs"]) for r in again] == [("recorded", 0)]
+    assert "a: the final evaluation (resuming after epoch 3)" in (
+        runs.runs_dir() / runs.QUEUE_LOG).read_text()
+    rec, whole = runs.load_record("a"), uninterrupted(cfg, tmp_path, monkeypatch)
+    assert same_weights(rec.model(), whole.model) and rec.metrics["pgd_acc"] == whole.metrics[
+        "pgd_acc"]
 
 
 @pytest.mark.slow
