@@ -19,6 +19,7 @@ from torch import nn
 
 from fatlib import models, regularizers
 from fatlib.config import TrainConfig
+from fatlib.devices import resumed_precision
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -81,7 +82,7 @@ class RunCheckpoint:
         state = {"step": self.step, "passes_done": self.passes_done, "q_index": self.q_index,
                  "times": self.times, "prev_probe_acc": self.prev_probe_acc,
                  "stopped_early": self.stopped_early, "best_guard": self.best_guard,
-                 "complete": self.complete,
+                 "complete": self.complete, "precision": self.precision,
                  "metrics": self.metrics, "dirty": self.dirty, "train_source": self.source,
                  "total_steps": self.total,
                  "elle": None if self.attack.elle is None else dataclasses.asdict(self.attack.elle)}
@@ -133,6 +134,7 @@ class RunCheckpoint:
         self.step, self.passes_done, self.q_index = st["step"], st["passes_done"], st["q_index"]
         self.prev_probe_acc, self.stopped_early = st["prev_probe_acc"], st["stopped_early"]
         self.complete, self.metrics = st["complete"], st["metrics"]
+        self.precision = resumed_precision(self.cfg.precision, st.get("precision"), self.device)
         self.best_guard, self.best_model = st.get("best_guard"), ckpt.get("best_model")
         self.prev_weights = {k: v.clone() for k, v in ckpt["prev_weights"].items()}
         self.prev_probe = ckpt.get("prev_probe")

@@ -111,6 +111,33 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if forced != "fp32" and native_bf16_cpu() else "fp32"
 
 
+
+def resumed_precision(precision: str, started: str | None, device: torch.device) -> str:
+    """The precision a resumed run goes on in: the one it started in.
+
+    A run's 'auto' is decided once, when it starts, so that every epoch of it computes in the
+    same arithmetic: an fp32 run started on a CPU without native bf16 stays fp32 on one with
+    it, and a bf16 run goes on in bf16 only where bf16 is native (or on a GPU).
+    Args:
+        precision: the config's precision ('auto', 'fp32', ...).
+        started: the precision the checkpoint was trained in (None: a checkpoint that does
+            not say, from before this was recorded: this device's resolve_precision).
+        device: the training device.
+    Returns:
+        'fp32', 'bf16' or 'fp16'.
+    Raises:
+        ValueError: this device cannot go on in the run's precision.
+    """
+    here = resolve_precision(precision, device)
+    if started is None or started == here:
+        return here
+    native = device.type == "cuda" or native_bf16_cpu()
+    if precision == "auto" and (started == "fp32" or started == "bf16" and native):
+        return started
+    where = "a GPU" if started == "fp16" else "a CPU with native bf16 (AVX-512-BF16 or AMX) or a GPU"
+    raise ValueError(f"this run was trained in {started} and this device would go on in {here}: "
+                     f"resume it on {where}, or train it again in another run folder")
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a training precision ('auto' resolved for ``device``)."""
     precision = resolve_precision(precision, device)

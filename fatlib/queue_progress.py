@@ -24,7 +24,8 @@ import shutil
 from pathlib import Path
 
 from fatlib import runs
-from fatlib.train import CHECKPOINT
+from fatlib.devices import AUTO_PRECISION_ENV, native_bf16_cpu
+from fatlib.train import CHECKPOINT, TrainConfig
 
 PROGRESS = "progress.json"
 RUN_FILES = (CHECKPOINT, "config.json", "history.json", runs.QUEUE_MARK)
@@ -94,7 +95,8 @@ def park(queue=None) -> list[str]:
         progress = {"record": entry.name, "run": folder.name, "commit": mark["commit"],
                     "passes_done": done, "passes": entry.config.passes,
                     "parks": (before or {}).get("parks", []) + [
-                        {"passes_done": done, "date_utc": runs._utc_date(), "machine": runs.machine()}]}
+                        {"passes_done": done, "date_utc": runs._utc_date(), "machine": runs.machine(),
+                         "precision": runs._checkpoint_state(folder).get("precision")}]}
         files = [folder / f for f in RUN_FILES if (folder / f).exists()]
         _copy_folder(files, parked)
         runs._write_json(parked / PROGRESS, progress)
@@ -148,10 +150,45 @@ def unpark(queue=None) -> tuple[list[str], dict]:
     return said, commits
 
 
+def parked_precision(name: str) -> str:
+    """The precision the parked run `name` was trained in: what its first park recorded, or
+    (parks from before precision was recorded) what its config's precision resolved to on the
+    machine that parked it first."""
+    progress = _read_progress(progress_dir() / name)
+    first = progress["parks"][0]
+    if first.get("precision"):
+        return first["precision"]
+    config = TrainConfig.from_json((progress_dir() / name / "config.json").read_text())
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if first["machine"].get("native_bf16") else "fp32"
+
+
+def _resume_env(precision: str) -> str:
+    """What the resume command needs so that a run goes on in `precision` on this machine: a
+    commit from before checkpoints kept the precision resolves 'auto' anew (bf16 here)."""
+    if precision == "fp32" and native_bf16_cpu():
+        return f"{AUTO_PRECISION_ENV}=fp32 "
+    return ""
+
+
 def resume_hint(commits: dict) -> str:
     """The commands that resume unparked runs: for each commit that started some, a checkout of
-    it whose queue uses this run store (runs.runs_dir())."""
-    return "\n".join(f"    git worktree add ../fatlib-queue-{c[:7]} {c}\n"
-                     f"    cd ../fatlib-queue-{c[:7]} && FATLIB_RUNS_DIR={runs.runs_dir()} "
-                     f"python -m fatlib records run --only {' '.join(names)}"
-                     for c, names in commits.items())
+    it whose queue uses this run store (runs.runs_dir()), with the environment that keeps each
+    run in the precision it was trained in; a bf16 run on a CPU without native bf16 is named
+    instead (it waits for such a CPU or a GPU)."""
+    lines = []
+    for c, names in commits.items():
+        groups = {}
+        for name in names:
+            precision = parked_precision(name)
+            if precision == "bf16" and not native_bf16_cpu():
+                lines.append(f"    {name}: trained in bf16; resume it on a CPU with native bf16 "
+                             "(AVX-512-BF16 or AMX) or a GPU")
+                continue
+            groups.setdefault(_resume_env(precision), []).append(name)
+        lines += [f"    git worktree add ../fatlib-queue-{c[:7]} {c}\n"
+                  f"    cd ../fatlib-queue-{c[:7]} && {env}FATLIB_RUNS_DIR={runs.runs_dir()} "
+                  f"python -m fatlib records run --only {' '.join(group)}"
+                  for env, group in groups.items()]
+    return "\n".join(lines)

@@ -700,9 +700,12 @@ def _checkpoint_state(path: Path) -> dict:
         return {}
 
 
-def _can_run_here(entry: QueueEntry) -> bool:
-    """Whether this machine may run the entry: 'native_bf16' needs a CPU with it or a GPU."""
-    if entry.needs != "native_bf16":
+def _can_run_here(entry: QueueEntry, state: dict | None = None) -> bool:
+    """Whether this machine may run the entry: 'native_bf16', or a run in progress trained in
+    bf16 (its checkpoint's state, read here when not given), needs a CPU with it or a GPU."""
+    if state is None:
+        state = _checkpoint_state(run_path(entry.config))
+    if entry.needs != "native_bf16" and state.get("precision") != "bf16":
         return True
     return native_bf16_cpu() or resolve_device(entry.config.device).type == "cuda"
 
@@ -1075,7 +1078,7 @@ def entry_status(entry: QueueEntry | EvalEntry, *, measure: bool = False) -> Que
     if is_complete(path):
         return QueueStatus(entry, "trained", done, started, 0.0, "saved by the next run")
     kind = "in progress" if done else "not started"
-    if not _can_run_here(entry):
+    if not _can_run_here(entry, state):
         kind = "waiting for native bf16"
     restarts = done and started != (_git_commit() or "").removesuffix(UNCOMMITTED)
     seconds, basis = estimate_seconds(entry, {} if restarts else state, measure=measure)

@@ -501,3 +501,30 @@ def test_a_parked_run_from_another_commit_is_restarted_not_mixed(tmp_path, monke
     monkeypatch.setattr(runs, "_git_commit", lambda: "1" * 40)  # the queue runs from a newer commit
     assert runs.run_queue(queue)[0] == {"name": "a", "epochs": 3, "result": "recorded"}
     assert runs.load_record("a").provenance["git_commit"] == "1" * 40
+
+
+def test_a_run_keeps_its_precision_across_machines(tmp_path, monkeypatch, parking):
+    from fatlib import devices
+
+    cfg = tiny(precision="auto")
+    queue = write_queue(tmp_path, ("a", cfg))
+    for module in (devices, runs, parking):
+        monkeypatch.setattr(module, "native_bf16_cpu", lambda: True)
+    runs.run_queue(queue, budget_minutes=1e-9)  # one epoch in bf16
+    parking.park(queue)
+    assert parking.parked_precision("a") == "bf16"
+    for module in (devices, runs, parking):  # a CPU without native bf16 does not go on with it
+        monkeypatch.setattr(module, "native_bf16_cpu", lambda: False)
+    assert runs.entry_status(runs.load_queue(queue)[0]).state == "waiting for native bf16"
+    assert runs.run_queue(queue)[0]["result"] == "skipped: needs native bf16"
+    assert "a: trained in bf16; resume it on a CPU with native bf16" in parking.resume_hint(
+        {CLEAN: ["a"]})
+    progress = json.loads((parking.progress_dir() / "a" / "progress.json").read_text())
+    del progress["parks"][0]["precision"]  # a park from before precision was recorded
+    (parking.progress_dir() / "a" / "progress.json").write_text(json.dumps(progress))
+    assert parking.parked_precision("a") == "bf16"  # the parking machine had native bf16
+    progress["parks"][0]["machine"]["native_bf16"] = False
+    (parking.progress_dir() / "a" / "progress.json").write_text(json.dumps(progress))
+    monkeypatch.setattr(parking, "native_bf16_cpu", lambda: True)
+    hint = parking.resume_hint({CLEAN: ["a"]})  # an fp32 run on a CPU with native bf16:
+    assert "&& FATLIB_AUTO_PRECISION=fp32 FATLIB_RUNS_DIR=" in hint  # an older commit stays fp32

@@ -179,6 +179,28 @@ def test_every_method_trains_and_changes_the_weights(changes):
     json.dumps(result.history)  # plain JSON
 
 
+def test_a_resumed_run_goes_on_in_the_precision_it_started_in(tmp_path, monkeypatch):
+    from fatlib import devices
+
+    cfg = tiny(epochs=2, precision="auto")
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
+    train(cfg, tmp_path / "a", until_epoch=1)  # started in fp32 on a CPU without native bf16
+    whole = train(cfg)
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)  # goes on where bf16 is native
+    rest = train(cfg, tmp_path / "a")
+    assert rest.metrics["precision"] == "fp32" == whole.metrics["precision"]
+    assert all(torch.equal(a, b) for a, b in zip(weights(rest.model).values(),
+                                                 weights(whole.model).values()))
+    train(cfg, tmp_path / "b", until_epoch=1)  # started in bf16
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
+    with pytest.raises(ValueError, match="trained in bf16 .* resume it on a CPU with native bf16"):
+        train(cfg, tmp_path / "b")
+    cpu = torch.device("cpu")
+    assert devices.resumed_precision("auto", None, cpu) == "fp32"  # a checkpoint that does not say
+    with pytest.raises(ValueError, match="resume it on a GPU"):
+        devices.resumed_precision("auto", "fp16", cpu)
+
+
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
     from fatlib import devices  # resolve_precision looks native_bf16_cpu up there
 
