@@ -111,7 +111,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if forced != "fp32" and native_bf16_cpu() else "fp32"
 
 
-
 def resumed_precision(precision: str, started: str | None, device: torch.device) -> str:
     """The precision a resumed run goes on in: the one it started in.
 
@@ -137,6 +136,7 @@ def resumed_precision(precision: str, started: str | None, device: torch.device)
     where = "a GPU" if started == "fp16" else "a CPU with native bf16 (AVX-512-BF16 or AMX) or a GPU"
     raise ValueError(f"this run was trained in {started} and this device would go on in {here}: "
                      f"resume it on {where}, or train it again in another run folder")
+
 
 def autocast(device: torch.device, precision: str):
     """The autocast context of a training precision ('auto' resolved for ``device``)."""

@@ -173,6 +173,7 @@ def shortened_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
 
 
 def _check_shares(shares) -> None:
+    """ValueError unless every share of moved coordinates lies in (0, 1]."""
     if any(not 0 < p <= 1 for p in shares):
         raise ValueError(f"shares must lie in (0, 1] (a fraction of the coordinates), got {shares}")
 
