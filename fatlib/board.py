@@ -161,3 +161,99 @@ def time_to(record, target: float) -> dict:
     return {"epoch": hit["epoch"] if hit else None,
             "minutes": (hit["time_attack"] + hit["time_update"]) / 60 if hit else None,
             "best": best}
+
+
+# --------------------------------------------------------------------------- the CPU headline
+
+HEADLINE = {"target": 45.0, "minutes": 60, "cores": 2}  # 45% PGD-50-10 at 8/255 in 60 min
+
+
+def linf8_records() -> list:
+    """Every made queue record of a PreAct ResNet-18 (any width) trained on CIFAR-10 at linf
+    8/255: the candidates for the CPU headline, in queue order."""
+    found = []
+    for entry in runs.load_queue():
+        c = entry.config
+        if (isinstance(entry, runs.QueueEntry) and c.dataset == "cifar10" and c.norm == "linf"
+                and c.model == "preact_resnet18" and abs(c.eps - 8 / 255) < 1e-9):
+            record = runs.record_with_config(entry.name, c)
+            if record is not None:
+                found.append(record)
+    return found
+
+
+def _minutes(h: dict) -> float:
+    """Training minutes (attack + update, no evaluation) by a history entry."""
+    return (h["time_attack"] + h["time_update"]) / 60
+
+
+def _precision(record) -> str:
+    """The precision a record trained in ('auto' resolved by its machine's bf16 support)."""
+    if record.config.precision != "auto":
+        return record.config.precision
+    return "bf16" if record.provenance["machine"].get("native_bf16") else "fp32"
+
+
+def time_to_rows(records: list, targets=(35.0, 40.0, 45.0)) -> list:
+    """One row per record, best final PGD-50-10 first: its width, epochs, machine, threads
+    and precision, the training minutes by which its history (PGD-10 on 500 test images)
+    first reached each target % (- when it never did), its final clean and PGD-50-10
+    accuracy (1,000 test images) and its training minutes."""
+    rows = []
+    for r in sorted(records, key=lambda r: -r.metrics["pgd_acc"]):
+        machine = r.provenance["machine"]
+        row = {"record": r.name, "width": r.config.model_kw.get("base_width", 64),
+               "epochs": r.config.epochs, "machine": machine["cpu"],
+               "threads": machine.get("torch_threads"), "precision": _precision(r)}
+        for target in targets:
+            hit = time_to(r, target)
+            row[f"min to {target:g}%"] = "-" if hit["minutes"] is None else f"{hit['minutes']:.0f}"
+        row.update({"clean (%)": f"{r.metrics['clean_acc']:.1f}",
+                    "PGD-50-10 (%)": f"{r.metrics['pgd_acc']:.1f}",
+                    "training (min)": f"{_minutes(r.history[-1]):.0f}"})
+        rows.append(row)
+    return rows
+
+
+def time_to_figure(records: list) -> go.Figure:
+    """PGD-10 accuracy (500 test images) of every record's history against its training
+    minutes, with the headline's target and time budget marked."""
+    fig = go.Figure()
+    for r in records:
+        hist = [h for h in r.history if h.get("pgd_acc") is not None]
+        fig.add_trace(go.Scatter(x=[_minutes(h) for h in hist], y=[h["pgd_acc"] for h in hist],
+                                 name=r.name, mode="lines+markers"))
+    fig.add_hline(y=HEADLINE["target"], line_dash="dash", line_color="grey",
+                  annotation_text=f"{HEADLINE['target']:g}%")
+    fig.add_vline(x=HEADLINE["minutes"], line_dash="dash", line_color="grey",
+                  annotation_text=f"{HEADLINE['minutes']} min")
+    fig.update_xaxes(title="training minutes (attack + update, on the record's machine)")
+    fig.update_yaxes(title="PGD-10 accuracy, 500 test images (%)", range=[0, 60])
+    return fig.update_layout(title="Time to robust accuracy: the CIFAR-10 8/255 records",
+                             height=420, legend=dict(orientation="h", y=-0.25))
+
+
+def _threads(record) -> str:
+    """'1 thread' or 'n threads': the torch threads a record trained with."""
+    n = record.provenance["machine"].get("torch_threads")
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def headline_text(records: list) -> str:
+    """What the records show of the headline: the fastest record to the target, or the best
+    final PGD-50-10 with its training time when none reached it."""
+    if not records:
+        return "no CIFAR-10 8/255 record is made yet."
+    target = HEADLINE["target"]
+    reached = [r for r in records if r.metrics["pgd_acc"] >= target]
+    if reached:
+        best = min(reached, key=lambda r: _minutes(r.history[-1]))
+        return (f"the fastest record to {target:g}% PGD-50-10 is {best.name} "
+                f"({best.metrics['pgd_acc']:.1f}% after {_minutes(best.history[-1]):.0f} min of "
+                f"training with {_threads(best)} on {best.provenance['machine']['cpu']}).")
+    best = max(records, key=lambda r: r.metrics["pgd_acc"])
+    return (f"no record reached {target:g}% PGD-50-10; the best of {len(records)} is {best.name} "
+            f"at {best.metrics['pgd_acc']:.1f}% (width "
+            f"{best.config.model_kw.get('base_width', 64)}, {best.config.epochs} epochs, "
+            f"{_minutes(best.history[-1]):.0f} min of training with {_threads(best)} on "
+            f"{best.provenance['machine']['cpu']}).")

@@ -92,3 +92,46 @@ def test_time_to_reads_the_first_epoch_at_the_target():
 def test_the_large_eps_claim_waits_for_its_records():
     row = board.large_eps_verdict()
     assert row.verdict == verdicts.NOT_RUN and "rs16_andriushchenko2020_fgsmrs_eps16_s0" in row.detail
+
+
+def _candidate(name, pgd, *, threads=1, native=True, history=(30.0, 40.0, 41.0)):
+    rec = _record(name, 70.0, pgd, history=history)
+    rec.config = SimpleNamespace(model_kw={"base_width": 16}, epochs=len(history),
+                                 precision="auto")
+    rec.provenance.update(machine={"cpu": "Test CPU", "torch_threads": threads,
+                                   "native_bf16": native})
+    return rec
+
+
+def test_the_headline_rows_put_the_best_record_first_with_its_minutes_to_each_target():
+    rows = board.time_to_rows([_candidate("low", 38.0, native=False),
+                               _candidate("high", 42.0, history=(36.0, 41.0, 46.0))],
+                              targets=(40.0, 45.0))
+    assert [r["record"] for r in rows] == ["high", "low"]
+    assert (rows[0]["min to 40%"], rows[0]["min to 45%"], rows[1]["min to 45%"]) == ("4", "6", "-")
+    assert (rows[0]["precision"], rows[1]["precision"]) == ("bf16", "fp32")
+    assert rows[0]["training (min)"] == "6"
+
+
+def test_the_headline_text_names_the_best_record_or_the_fastest_to_the_target():
+    slow, fast = _candidate("slow", 46.0, history=(40.0,) * 5), _candidate("fast", 45.5)
+    assert "the fastest record to 45% PGD-50-10 is fast" in board.headline_text([slow, fast])
+    text = board.headline_text([_candidate("a", 41.0), _candidate("b", 39.0)])
+    assert text.startswith("no record reached 45% PGD-50-10; the best of 2 is a at 41.0%")
+    assert board.headline_text([]) == "no CIFAR-10 8/255 record is made yet."
+
+
+def test_the_headline_candidates_are_the_made_cifar10_linf_8_records():
+    found = board.linf8_records()
+    assert found, "the repository keeps record-scale CIFAR-10 records at 8/255"
+    for r in found:
+        assert (r.config.dataset, r.config.norm, r.config.model) == ("cifar10", "linf",
+                                                                    "preact_resnet18")
+        assert r.config.eps == pytest.approx(8 / 255)
+
+
+def test_the_time_to_figure_draws_a_line_per_record_and_the_target():
+    fig = board.time_to_figure([_candidate("a", 41.0), _candidate("b", 39.0)])
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert list(fig.data[0].x) == [2.0, 4.0, 6.0]
+    assert any(s.y0 == 45.0 for s in fig.layout.shapes)
