@@ -12,9 +12,12 @@ reach the target, this module says what limits it.
    convolutions and linear layers (2 per multiply-add) with forward hooks; a step does its
    floor's number of forward-equivalents of them (``bench.METHODS[m].floor``: a standard
    step 3, FGSM 5).
-3. :func:`matmul_rate` is the GFLOP/s of a large square matrix product in a precision: what
+3. :func:`node_breakdown` sums the same self times by the autograd node whose backward ran
+   them, which separates double backprop (GradAlign's '...BackwardBackward0' nodes) from the
+   ordinary backward passes.
+4. :func:`matmul_rate` is the GFLOP/s of a large square matrix product in a precision: what
    this CPU's arithmetic units deliver when memory does not limit them.
-4. :func:`limits` puts them together for one method: the step's seconds (unprofiled, from
+5. :func:`limits` puts them together for one method: the step's seconds (unprofiled, from
    ``bench.timing``), the share of each kind, and the step's arithmetic rate against the
    matrix product's.
 """
@@ -63,11 +66,23 @@ def _matches(name: str, part: str) -> bool:
     return part in name
 
 
+def _profiled(step, steps: int):
+    """torch.profiler's record of `steps` calls of `step` (CPU activity)."""
+    if steps < 1:
+        raise ValueError(f"profiling needs steps >= 1; got {steps}")
+    from torch.profiler import ProfilerActivity, profile
+
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof
+
+
 def op_breakdown(step, *, steps: int = 3) -> dict:
     """Seconds per step of each kind of operator, by torch.profiler's self times.
 
     Args:
-        step: a function of no arguments that runs one training step (``bench.step_fn``);
+        step: a function of no arguments that runs one training step (:func:`training_step`);
             call it once before, so that first-call costs are not profiled.
         steps: steps profiled.
     Returns:
@@ -76,17 +91,53 @@ def op_breakdown(step, *, steps: int = 3) -> dict:
     Raises:
         ValueError: steps < 1.
     """
-    if steps < 1:
-        raise ValueError(f"op_breakdown needs steps >= 1; got {steps}")
-    from torch.profiler import ProfilerActivity, profile
-
     kinds = dict.fromkeys([k for k, _ in KINDS] + [OTHER], 0.0)
-    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    for event in prof.key_averages():
+    for event in _profiled(step, steps).key_averages():
         kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / steps
     return kinds
+
+
+ENGINE = "autograd::engine::evaluate_function: "
+OUTSIDE = "outside the backward passes (forward passes, the attack's steps, the optimizer)"
+
+
+def node_of(event) -> str:
+    """The autograd node (e.g. 'NativeBatchNormBackwardBackward0') whose evaluation ran a
+    profiler event, or :data:`OUTSIDE`."""
+    while event is not None:
+        if event.name.startswith(ENGINE):
+            return event.name[len(ENGINE):]
+        event = event.cpu_parent
+    return OUTSIDE
+
+
+def node_breakdown(step, *, steps: int = 3) -> dict:
+    """Seconds per step by the autograd node whose backward ran each operator (self times),
+    largest first; a node named '...BackwardBackward0' differentiates a backward pass
+    (double backprop).
+
+    Args, Raises: as :func:`op_breakdown`.
+    """
+    nodes: dict = {}
+    for event in _profiled(step, steps).events():
+        node = node_of(event)
+        nodes[node] = nodes.get(node, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    return dict(sorted(nodes.items(), key=lambda kv: -kv[1]))
+
+
+def node_rows(nodes: dict, *, top: int = 8) -> list:
+    """The `top` largest nodes of :func:`node_breakdown` (ms per step, share), the rest summed."""
+    total = sum(nodes.values())
+    items = list(nodes.items())
+    rest = sum(v for _, v in items[top:])
+    items = items[:top] + ([(f"{len(nodes) - top} other nodes", rest)] if len(nodes) > top else [])
+    return [{"autograd node": name, "ms per step": f"{1000 * v:.1f}",
+             "share": f"{100 * v / total:.0f}%"} for name, v in items]
+
+
+def double_backward_share(nodes: dict) -> float:
+    """The share of :func:`node_breakdown`'s time in nodes that differentiate a backward pass."""
+    return sum(v for k, v in nodes.items() if "BackwardBackward" in k) / sum(nodes.values())
 
 
 @contextlib.contextmanager
@@ -157,6 +208,17 @@ def _run_of(step):
                 if type(c.cell_contents).__name__ == "_Run")
 
 
+def training_step(method: str, *, precision: str, width: int = 16, batch: int = 128,
+                  model: str = "preact_resnet18"):
+    """One training step of `method` as the loop runs it (``bench.step_fn``) in fatlib's
+    layout for it, already called once (first-call costs paid)."""
+    config = bench.step_config(method, precision=precision, layout=bench.picked_layout(method),
+                               model=model, width=width, batch=batch)
+    step = bench.step_fn(config, fresh_elle=bench.METHODS[method].fresh_elle)
+    step()
+    return step
+
+
 def limits(method: str, *, precision: str, width: int = 16, batch: int = 128,
            model: str = "preact_resnet18", steps: int = 3, rounds: int = 3) -> dict:
     """What limits one training step of `method` on this CPU.
@@ -172,32 +234,19 @@ def limits(method: str, *, precision: str, width: int = 16, batch: int = 128,
         matmul_gflops (the matrix product's rate in the same precision), fraction (of it),
         layout and threads.
     """
-    layout = bench.picked_layout(method)
-    config = bench.step_config(method, precision=precision, layout=layout, model=model,
-                               width=width, batch=batch)
-    step = bench.step_fn(config, fresh_elle=bench.METHODS[method].fresh_elle)
-    step()
+    step = training_step(method, precision=precision, width=width, batch=batch, model=model)
     seconds = bench.median_seconds({"step": lambda: sum(step() for _ in range(steps)) / steps},
                                    warmup=0, rounds=rounds)["step"]
     kinds = op_breakdown(step, steps=steps)
     total = sum(kinds.values())
     run = _run_of(step)
-    with _autocast(precision):
-        flops = forward_flops(run.model, run._to_device(
-            torch.zeros(batch, *run.images.shape[1:])))
+    flops = forward_flops(run.model, run._to_device(torch.zeros(batch, *run.images.shape[1:])))
     gflop = bench.METHODS[method].floor * flops["total"] / 1e9
     rate = matmul_rate(precision)
-    return {"method": method, "precision": precision, "layout": layout, "width": width,
-            "batch": batch, "threads": torch.get_num_threads(), "seconds": seconds,
+    return {"method": method, "precision": precision, "layout": bench.picked_layout(method),
+            "width": width, "batch": batch, "threads": torch.get_num_threads(), "seconds": seconds,
             "kinds": {k: v / total for k, v in kinds.items()}, "gflop": gflop,
             "gflops": gflop / seconds, "matmul_gflops": rate, "fraction": gflop / seconds / rate}
-
-
-def _autocast(precision: str):
-    """bf16 autocast on the CPU for 'bf16', nothing for 'fp32'."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def training_hours(seconds_per_step: float, *, epochs: int, n_train: int = 50_000,

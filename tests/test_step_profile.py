@@ -77,3 +77,27 @@ def test_matmul_rate_refuses_an_unknown_precision():
 def test_training_hours_counts_the_last_partial_minibatch():
     assert step_profile.training_hours(1.0, epochs=15) == pytest.approx(15 * 391 / 3600)
     assert step_profile.training_hours(2.0, epochs=1, n_train=256, batch=128) == pytest.approx(4 / 3600)
+
+
+def test_node_breakdown_separates_double_backprop():
+    net, x = _small_net(), torch.rand(4, 3, 8, 8, requires_grad=True)
+
+    def step():
+        (g,) = torch.autograd.grad(net(x).square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+    step()
+    nodes = step_profile.node_breakdown(step, steps=1)
+    assert list(nodes.values()) == sorted(nodes.values(), reverse=True)
+    assert any("BackwardBackward" in k for k in nodes) and step_profile.OUTSIDE in nodes
+    assert 0 < step_profile.double_backward_share(nodes) < 1
+    rows = step_profile.node_rows(nodes, top=2)
+    assert len(rows) == 3 and rows[-1]["autograd node"] == f"{len(nodes) - 2} other nodes"
+
+
+def test_a_step_without_double_backprop_has_no_double_backward_share():
+    net, x = _small_net(), torch.rand(4, 3, 8, 8)
+
+    def step():
+        net(x).sum().backward()
+    step()
+    assert step_profile.double_backward_share(step_profile.node_breakdown(step, steps=1)) == 0
