@@ -398,13 +398,17 @@ def step_config(method: str, *, precision: str, layout: str, model: str = "preac
                        seed=seed, **METHODS[method].fields)
 
 
-def step_fn(config, *, fresh_elle: bool = False, device: str = "cpu") -> Callable[[], float]:
+def step_fn(config, *, fresh_elle: bool = False, device: str = "cpu",
+            compiled: bool = False) -> Callable[[], float]:
     """A function that runs one optimizer step of the training loop and returns its seconds.
 
     The step is ``fatlib.loop``'s own (attack, regularizer and update from
     ``fatlib.methods.make_method``, in the config's precision and layout) on the config's
     first minibatch, measured by the loop's timers (attack + update). fresh_elle: ELLE-A
-    starts from lambda 0 at every call (its cost before the first jump).
+    starts from lambda 0 at every call (its cost before the first jump). compiled: the
+    network runs through ``torch.compile`` (its first call compiles; the parameters are the
+    same tensors, so the step updates the same weights). The function's ``run`` attribute
+    is the loop's run state it steps (``run.model``, its optimizer and data).
     """
     from fatlib import data
     from fatlib.devices import Dist, resolve_device
@@ -413,6 +417,8 @@ def step_fn(config, *, fresh_elle: bool = False, device: str = "cpu") -> Callabl
     dev = resolve_device(device)
     run = _Run(config, dev, Dist(), False, None)
     run.model.train()
+    if compiled:
+        run.model = run.net = torch.compile(run.model)
     x = run._to_device(data.to_float(run.images[: config.batch_size]))
     y = run.labels[: config.batch_size].to(dev)
 
@@ -423,6 +429,7 @@ def step_fn(config, *, fresh_elle: bool = False, device: str = "cpu") -> Callabl
         before = run.times["attack"] + run.times["update"]
         run.train_step(x, y)
         return run.times["attack"] + run.times["update"] - before
+    step.run = run                 # the loop's run state (model, optimizer, data) it steps
     return step
 
 

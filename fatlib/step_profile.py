@@ -20,13 +20,17 @@ reach the target, this module says what limits it.
 5. :func:`limits` puts them together for one method: the step's seconds (unprofiled, from
    ``bench.timing``), the share of each kind, and the step's arithmetic rate against the
    matrix product's.
+6. :func:`compile_gain` measures one lever against those limits: the same step with the
+   network under ``torch.compile``, which fuses element-wise operators.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import time
 
 import torch
 from torch import nn
@@ -202,20 +206,17 @@ def matmul_rate(precision: str = "fp32", *, n: int = 2048, rounds: int = 5) -> f
     return 2 * n ** 3 / seconds / 1e9
 
 
-def _run_of(step):
-    """The loop's _Run a ``bench.step_fn`` step closes over."""
-    return next(c.cell_contents for c in step.__closure__
-                if type(c.cell_contents).__name__ == "_Run")
-
-
 def training_step(method: str, *, precision: str, width: int = 16, batch: int = 128,
-                  model: str = "preact_resnet18"):
+                  model: str = "preact_resnet18", compiled: bool = False):
     """One training step of `method` as the loop runs it (``bench.step_fn``) in fatlib's
-    layout for it, already called once (first-call costs paid)."""
+    layout for it, already called once (first-call costs paid: with compiled, the
+    compilation); its ``first_call_s`` attribute is that first call's wall time."""
     config = bench.step_config(method, precision=precision, layout=bench.picked_layout(method),
                                model=model, width=width, batch=batch)
-    step = bench.step_fn(config, fresh_elle=bench.METHODS[method].fresh_elle)
+    step = bench.step_fn(config, fresh_elle=bench.METHODS[method].fresh_elle, compiled=compiled)
+    start = time.perf_counter()
     step()
+    step.first_call_s = time.perf_counter() - start
     return step
 
 
@@ -239,7 +240,7 @@ def limits(method: str, *, precision: str, width: int = 16, batch: int = 128,
                                    warmup=0, rounds=rounds)["step"]
     kinds = op_breakdown(step, steps=steps)
     total = sum(kinds.values())
-    run = _run_of(step)
+    run = step.run
     flops = forward_flops(run.model, run._to_device(torch.zeros(batch, *run.images.shape[1:])))
     gflop = bench.METHODS[method].floor * flops["total"] / 1e9
     rate = matmul_rate(precision)
@@ -270,3 +271,62 @@ def limits_rows(results: dict) -> list:
                 ("step / matrix product", lambda r: f"{100 * r['fraction']:.0f}%"))
     return rows + [{"": name, **{label: fmt(r) for label, r in results.items()}}
                    for name, fmt in measures]
+
+
+@contextlib.contextmanager
+def _logger_quiet(name: str):
+    """Raise a logger's level to ERROR for a while."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def compile_gain(method: str, *, precision: str, width: int = 16, batch: int = 128,
+                 model: str = "preact_resnet18", steps: int = 2, rounds: int = 3) -> dict:
+    """What ``torch.compile`` of the network changes in one training step of `method`.
+
+    Two steps from the same seed (the same initial weights and minibatch), one eager and one
+    compiled, take one step each; then both are timed round by round (``bench.timing``).
+    Returns:
+        dict: eager_s and compiled_s (median seconds per step), ratio (compiled / eager, below
+        1 is faster) and its trusted flag, compile_s (the compiled step's first call),
+        weight_diff (the largest absolute difference between the two networks' weights after
+        their first step), or {"error": why} when torch.compile fails here (it needs a C++
+        compiler on a CPU).
+    """
+    kw = dict(precision=precision, width=width, batch=batch, model=model)
+    eager = training_step(method, **kw)
+    try:
+        with _logger_quiet("torch.utils.cpp_extension"):  # "No CUDA runtime is found" on a CPU
+            compiled = training_step(method, compiled=True, **kw)
+    except Exception as e:  # noqa: BLE001 - any compiler failure is reported, not raised
+        return {"error": f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0]}"}
+    weight_diff = max((a - b).abs().max().item() for a, b in
+                      zip(eager.run.model.parameters(), compiled.run.model.parameters()))
+    t = bench.timing({name: (lambda f=f: sum(f() for _ in range(steps)) / steps)
+                      for name, f in (("eager", eager), ("compiled", compiled))},
+                     baseline="eager", warmup=0, rounds=rounds, rotate=True)
+    return {"method": method, "precision": precision, "width": width,
+            "eager_s": t.median["eager"], "compiled_s": t.median["compiled"],
+            "ratio": t.ratio("compiled"), "trusted": t.ratio_stats("compiled")["trusted"],
+            "compile_s": compiled.first_call_s, "weight_diff": weight_diff}
+
+
+def compile_rows(gains: dict) -> list:
+    """A table of :func:`compile_gain` results (label -> result), one row each."""
+    rows = []
+    for label, g in gains.items():
+        if "error" in g:
+            rows.append({"network": label, "compiled / eager": g["error"]})
+            continue
+        rows.append({"network": label, "eager (s/step)": f"{g['eager_s']:.3f}",
+                     "compiled (s/step)": f"{g['compiled_s']:.3f}",
+                     "compiled / eager": f"{g['ratio']:.2f}" + ("" if g["trusted"] else
+                                                                " (spread too wide to trust)"),
+                     "first compiled step (s)": f"{g['compile_s']:.0f}",
+                     "largest weight difference after one step": f"{g['weight_diff']:.1e}"})
+    return rows

@@ -1,5 +1,7 @@
 """Where a step's time goes (fatlib.step_profile): operator kinds, arithmetic, rates."""
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +103,26 @@ def test_a_step_without_double_backprop_has_no_double_backward_share():
         net(x).sum().backward()
     step()
     assert step_profile.double_backward_share(step_profile.node_breakdown(step, steps=1)) == 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_step_updates_the_same_weights_and_is_timed_against_the_eager_one():
+    g = step_profile.compile_gain("fgsm_rs", precision="fp32", model="cnn1", batch=16, steps=1,
+                                  rounds=3)
+    assert "error" not in g, g.get("error")
+    assert g["weight_diff"] < 1e-5
+    assert g["eager_s"] > 0 and g["compiled_s"] > 0 and g["compile_s"] > 0
+    assert g["ratio"] == pytest.approx(g["compiled_s"] / g["eager_s"])
+    (row,) = step_profile.compile_rows({"cnn1": g})
+    assert row["network"] == "cnn1" and float(row["compiled / eager"].split()[0]) > 0
+
+
+def test_a_compiler_failure_is_reported_not_raised(monkeypatch):
+    def broken(model, **kw):
+        raise RuntimeError("no C++ compiler\nmore detail")
+    monkeypatch.setattr(torch, "compile", broken)
+    g = step_profile.compile_gain("standard", precision="fp32", model="cnn1", batch=8)
+    assert g == {"error": "torch.compile failed: RuntimeError: no C++ compiler"}
+    assert step_profile.compile_rows({"cnn1": g}) == [
+        {"network": "cnn1", "compiled / eager": g["error"]}]
