@@ -113,6 +113,9 @@ def eps_slider_figure(values: Sequence[float], panels: Sequence[Sequence[tuple]]
     _layout(fig, step_titles[active] if step_titles else title, height)
     fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=40, l=20, r=30),
                                     currentvalue=dict(prefix=f"{label} = "))])
+    if all(isinstance(t, go.Image) for t in fig.data):  # a grid of images: no pixel axes
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig
 
 

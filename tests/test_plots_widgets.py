@@ -70,6 +70,14 @@ def test_eps_slider_figure_switches_visibility_per_step():
     assert not fig.frames
 
 
+def test_an_image_slider_figure_has_no_pixel_axes_a_plot_keeps_its_axes():
+    image = torch.rand(3, 4, 4)
+    images = plots.eps_slider_figure([1, 2], [[(plots.image_trace(image), 1, 1)]] * 2,
+                                     label="steps", value_labels=["1", "2"])
+    assert images.layout.xaxis.showticklabels is False and images.layout.yaxis.showticklabels is False
+    assert _slider().layout.xaxis.showticklabels is None
+
+
 def test_eps_slider_figure_checks_lengths():
     with pytest.raises(ValueError, match="one panel list per slider value"):
         plots.eps_slider_figure([0.1, 0.2], [[]])
