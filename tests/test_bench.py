@@ -277,3 +277,21 @@ def test_low_precision_pgd_reports_both_attacks_and_judges_only_enough_evidence(
     gap, speed = bench._low_precision_targets(lp)
     assert gap["limit"] == bench.LOW_PRECISION_GAP and speed["op"] == ">="
     assert gap["trusted"] is False
+
+
+def test_the_low_precision_attack_runs_a_channels_last_copy_and_leaves_the_model_alone():
+    from helpers import TinyConvNet
+
+    net = TinyConvNet(in_channels=3, width=4).eval()
+    x = torch.rand(2, 3, 12, 12)
+    copy, images = bench.low_precision_inputs(net, x)
+    assert copy is not net and images.is_contiguous(memory_format=torch.channels_last)
+    conv = next(p for p in copy.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in net.parameters())  # the caller's model: unchanged
+    assert not copy.training
+    with torch.no_grad():
+        assert torch.allclose(copy(images), net(x), atol=1e-5)
+    flat = torch.rand(2, 10)
+    same_net, same_x = bench.low_precision_inputs(net, flat)
+    assert same_net is net and same_x is flat
