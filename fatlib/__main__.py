@@ -117,7 +117,7 @@ def cmd_train(argv) -> int:
         return 0
     import torch
 
-    from fatlib import runs
+    from fatlib import devices, runs
 
     run = runs.load_or_train(config, progress=not args.no_progress, until_epoch=args.until_epoch)
     main = runs.is_main()
@@ -129,7 +129,7 @@ def cmd_train(argv) -> int:
             rec = runs.save_record(run, args.record, notes=args.notes)
             print(f"record saved: {rec.path}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        devices.exit_distributed(0)
     return 0
 
 

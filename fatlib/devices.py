@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,26 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def exit_distributed(code: int = 0) -> None:
+    """End a torchrun process: leave its process group with the other ranks, then exit.
+
+    A finished two-process run once aborted at its very end in CI (SIGABRT, "terminate called
+    without an active exception", after its last output). So the ranks first meet at a
+    barrier: none tears its gloo connections down while another still writes its checkpoint.
+    After the process group is destroyed the process exits at once (``os._exit``), skipping
+    the interpreter's teardown, where gloo's C++ threads may still run. Everything a run
+    writes is closed by then; stdout and stderr are flushed first.
+
+    Args:
+        code: the process's exit status.
+    """
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def native_bf16_cpu() -> bool:
