@@ -36,6 +36,10 @@ NONE, ONE, SEVEN = "no PGD", "1-step PGD", "7-step PGD"
 MODELS = (NONE, ONE, SEVEN)
 # the three record-scale models (data/record_queue.json): width-16 PreAct ResNet-18, 15 epochs
 RECORDS = {NONE: "rs16_l2fast_standard_s0", ONE: "rs16_l2fast_1step_s0", SEVEN: "rs16_l2fast_pgd7_s0"}
+# the same three trained at a second radius, eps 0.5 (an addition: the paper trains at 1 only)
+EPS_HALF = 0.5
+RECORDS_HALF = {NONE: "rs16_l2fast_standard_eps0.5_s0", ONE: "rs16_l2fast_1step_eps0.5_s0",
+                SEVEN: "rs16_l2fast_pgd7_eps0.5_s0"}
 # bench.METHODS keys of the three training steps
 BENCH_METHODS = {NONE: "standard", ONE: "l2_1", SEVEN: "l2_7"}
 
@@ -219,9 +223,10 @@ def accuracy_vs_eps(model, x, y, eps_values, *, steps: int = FIG2_STEPS,
     return out
 
 
-def made_models() -> dict:
-    """name -> the record of each of the three models that the queue has made (others left out)."""
-    made = {name: chapter.made_record(record) for name, record in RECORDS.items()}
+def made_models(records: dict = RECORDS) -> dict:
+    """name -> the record of each of the three models (:data:`RECORDS` or
+    :data:`RECORDS_HALF`) that the queue has made (others left out)."""
+    made = {name: chapter.made_record(record) for name, record in records.items()}
     return {name: r for name, r in made.items() if r is not None}
 
 
@@ -327,7 +332,8 @@ def robustness_rule(curves: dict, n: int):
                              for e in curves[ONE] if e > 0))
 
 
-def robustness_verdicts(curves: dict, n: int, *, scale: str, eps_train: float = EPS) -> list:
+def robustness_verdicts(curves: dict, n: int, *, scale: str, eps_train: float = EPS,
+                        records: dict = RECORDS) -> list:
     """§IV.B's claims from Figure 2's curves: 1-step is more robust than no PGD at every
     eps > 0 (:func:`robustness_rule`), and at the largest eps at or above the training eps
     7-step is more robust than 1-step.
@@ -336,15 +342,18 @@ def robustness_verdicts(curves: dict, n: int, *, scale: str, eps_train: float = 
         curves: name -> {eps: accuracy %} for the models that exist (NONE, ONE, SEVEN).
         n: test images of each accuracy.
         scale: the models' scale text.
-        eps_train: the training eps.
+        eps_train: the models' training eps (other than :data:`EPS`: the artifact says so).
+        records: the models' records (:data:`RECORDS` or :data:`RECORDS_HALF`), named by
+            the queued rows.
     Returns:
         two Verdicts (queued rows while a model is missing).
     """
-    artifact = f"{PAPER} Figure 2"
+    artifact = f"{PAPER} Figure 2" + ("" if eps_train == EPS else
+                                      f", models trained at eps {eps_train:g} (an addition)")
     first = "1-step l2 training is more robust than standard training at every eps > 0"
     rule = robustness_rule(curves, n)
     rows = [chapter.queued(artifact, first, paper=FIG2_PAPER,
-                           record=RECORDS[ONE if NONE in curves else NONE]) if rule is None else
+                           record=records[ONE if NONE in curves else NONE]) if rule is None else
             verdicts.check(artifact, first, rule, paper=FIG2_PAPER, scale=scale,
                            reason="the 1-step model did not gain l2 robustness at this scale")]
     second = "at large eps 7-step PGD training is more robust than 1-step"
@@ -357,7 +366,7 @@ def robustness_verdicts(curves: dict, n: int, *, scale: str, eps_train: float = 
                                           "seven steps' robustness"))
     else:
         rows.append(chapter.queued(artifact, second, paper=FIG2_PAPER,
-                                   record=RECORDS[SEVEN if ONE in curves else ONE]))
+                                   record=records[SEVEN if ONE in curves else ONE]))
     return rows
 
 

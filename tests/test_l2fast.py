@@ -77,10 +77,11 @@ def test_method_fields_give_the_papers_step_sizes_and_valid_configs():
 
 
 def test_the_records_and_timed_steps_train_the_three_models():
-    for name, record in L.RECORDS.items():
-        c = runs.queue_entry(record).config
-        for key, value in L.method_fields()[name].items():
-            assert getattr(c, key) == pytest.approx(value), (record, key)
+    for records, eps in ((L.RECORDS, L.EPS), (L.RECORDS_HALF, L.EPS_HALF)):
+        for name, record in records.items():
+            c = runs.queue_entry(record).config
+            for key, value in L.method_fields(eps)[name].items():
+                assert getattr(c, key) == pytest.approx(value), (record, key)
     for name, key in L.BENCH_METHODS.items():
         f = bench.METHODS[key].fields
         want = L.method_fields()[name]
@@ -257,6 +258,16 @@ def test_the_queued_seven_step_row_names_the_missing_record():
     rows = L.robustness_verdicts(curves, 1000, scale=SCALE)
     assert rows[1].verdict == verdicts.NOT_RUN
     assert L.RECORDS[ONE] in rows[1].detail and L.RECORDS[SEVEN] not in rows[1].detail
+
+
+def test_rows_of_the_second_training_eps_say_so_and_name_its_records():
+    rows = L.robustness_verdicts({NONE: dict(zip(EPS_GRID, STANDARD))}, 1000, scale=SCALE,
+                                 eps_train=L.EPS_HALF, records=L.RECORDS_HALF)
+    assert all("trained at eps 0.5" in r.artifact for r in rows)
+    assert L.RECORDS_HALF[ONE] in rows[0].detail and L.RECORDS[ONE] not in rows[0].detail
+    first = L.robustness_verdicts({NONE: dict(zip(EPS_GRID, STANDARD))}, 1000, scale=SCALE)
+    assert [r.claim for r in rows] == [r.claim for r in first]
+    assert all(r.artifact == "l2fast Figure 2" for r in first)
 
 
 def test_a_figure2_row_keeps_its_claim_when_its_record_arrives():
