@@ -240,17 +240,21 @@ def _threads(record) -> str:
 
 
 def headline_text(records: list) -> str:
-    """What the records show of the headline: the fastest record to the target, or the best
-    final PGD-50-10 with its training time when none reached it."""
+    """What the records show of the headline: the fastest record to the target (within the
+    headline's minutes or over them), or the best final PGD-50-10 with its training time
+    when none reached it."""
     if not records:
         return "no CIFAR-10 8/255 record is made yet."
     target = HEADLINE["target"]
     reached = [r for r in records if r.metrics["pgd_acc"] >= target]
     if reached:
         best = min(reached, key=lambda r: _minutes(r.history[-1]))
+        minutes = _minutes(best.history[-1])
+        budget = HEADLINE["minutes"]
         return (f"the fastest record to {target:g}% PGD-50-10 is {best.name} "
-                f"({best.metrics['pgd_acc']:.1f}% after {_minutes(best.history[-1]):.0f} min of "
-                f"training with {_threads(best)} on {best.provenance['machine']['cpu']}).")
+                f"({best.metrics['pgd_acc']:.1f}% after {minutes:.0f} min of training with "
+                f"{_threads(best)} on {best.provenance['machine']['cpu']}), "
+                f"{'within' if minutes <= budget else 'over'} the headline's {budget} minutes.")
     best = max(records, key=lambda r: r.metrics["pgd_acc"])
     return (f"no record reached {target:g}% PGD-50-10; the best of {len(records)} is {best.name} "
             f"at {best.metrics['pgd_acc']:.1f}% (width "

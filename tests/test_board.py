@@ -115,7 +115,11 @@ def test_the_headline_rows_put_the_best_record_first_with_its_minutes_to_each_ta
 
 def test_the_headline_text_names_the_best_record_or_the_fastest_to_the_target():
     slow, fast = _candidate("slow", 46.0, history=(40.0,) * 5), _candidate("fast", 45.5)
-    assert "the fastest record to 45% PGD-50-10 is fast" in board.headline_text([slow, fast])
+    text = board.headline_text([slow, fast])
+    assert "the fastest record to 45% PGD-50-10 is fast" in text
+    assert text.endswith("within the headline's 60 minutes.")
+    long = _candidate("long", 45.5, history=(40.0,) * 40)  # 2 minutes an epoch: 80 minutes
+    assert board.headline_text([long]).endswith("over the headline's 60 minutes.")
     text = board.headline_text([_candidate("a", 41.0), _candidate("b", 39.0)])
     assert text.startswith("no record reached 45% PGD-50-10; the best of 2 is a at 41.0%")
     assert board.headline_text([]) == "no CIFAR-10 8/255 record is made yet."
