@@ -154,3 +154,20 @@ def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
     h1, h2 = (json.loads((f / "history.json").read_text()) for f in (whole, resumed))
     strip = lambda h: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in h]
     assert strip(h1) == strip(h2)
+
+
+def test_a_distributed_process_exits_with_its_code_and_keeps_its_output(tmp_path):
+    """devices.exit_distributed leaves the process group and exits at once (no interpreter
+    teardown), with the given status and with what the process printed flushed to its pipe."""
+    script = (
+        "import torch.distributed as dist\n"
+        "from fatlib import devices\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, "
+        "world_size=1)\n"
+        "print('finished work', flush=False)\n"
+        "devices.exit_distributed(3)\n"
+        "print('not reached')\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "finished work\n"
