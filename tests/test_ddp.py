@@ -167,7 +167,8 @@ def test_a_distributed_process_exits_with_its_code_and_keeps_its_output(tmp_path
         "print('finished work', flush=False)\n"
         "devices.exit_distributed(3)\n"
         "print('not reached')\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=buffered,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stderr
     assert out.stdout == "finished work\n"
